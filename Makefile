@@ -1,0 +1,55 @@
+# Two commands matter: `make run` and `make test`. Everything else is what they are made of.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Poetry itself lives in .poetry/, pinned, so every machine resolves the lock file alike.
+POETRY_VERSION := 2.5.1
+POETRY := .poetry/bin/poetry
+export POETRY_VIRTUALENVS_IN_PROJECT := true
+export POETRY_NO_INTERACTION := 1
+
+.PHONY: help install run test lint format typecheck bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(POETRY):
+	$(PYTHON) -m venv .poetry
+	.poetry/bin/pip install --quiet --disable-pip-version-check "poetry==$(POETRY_VERSION)"
+
+$(VENV)/.installed: pyproject.toml poetry.lock | $(POETRY)
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(POETRY) sync
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the app with its dev tools
+
+run: install ## Serve the API on 127.0.0.1:8000 with the embedded defaults
+	$(BIN)/chatbot-api serve
+
+lint: install ## ruff (lint and format check) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## Rewrite the code in the house style
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint ## Lint, type-check, then the whole suite with branch coverage (>= 95%)
+	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
+
+bench: install ## Every benchmark in bench/, each against its baseline (needs wrk)
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk" >&2; exit 1; }
+	$(BIN)/python -m bench.chat_overhead
+	$(BIN)/python -m bench.store_overhead
+	@# llama-cpp-python's own server is the baseline; its extra is for the benchmark only.
+	$(BIN)/pip install --quiet --disable-pip-version-check \
+		"llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+	$(BIN)/python -m bench.local_inference
+
+clean: ## Remove the virtualenvs and caches
+	rm -rf $(VENV) .poetry .mypy_cache .ruff_cache .pytest_cache .coverage .coverage.* htmlcov

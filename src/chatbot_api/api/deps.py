@@ -1,0 +1,40 @@
+"""Typed dependencies that keep route signatures short.
+
+One ``async def`` dependency per route: FastAPI runs a plain ``def`` dependency in a worker
+thread, and every extra level of dependencies is solved per request, both costing more than
+the lookups themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from chatbot_api.context import current_request
+from chatbot_api.security.auth import Principal
+from chatbot_api.state import AppServices
+
+__all__ = ["PrincipalDep", "ServicesDep", "authenticate"]
+
+
+async def get_services(request: Request) -> AppServices:
+    services = request.app.state.services
+    assert isinstance(services, AppServices), "the lifespan has not run"
+    return services
+
+
+ServicesDep = Annotated[AppServices, Depends(get_services)]
+
+
+async def authenticate(request: Request, services: ServicesDep) -> Principal:
+    """Who is calling; 401 when authentication is on and the key is missing or wrong."""
+    principal = await services.auth.authenticate(request.headers.get("authorization"))
+    context = current_request()
+    if context is not None:
+        context.principal = principal
+        context.owner = principal.owner
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]

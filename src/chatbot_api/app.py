@@ -1,0 +1,123 @@
+"""The app factory. ``create_app(settings)`` builds the app; its lifespan owns every resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from chatbot_api import __version__
+from chatbot_api.api import admin, chat, health, models, stored
+from chatbot_api.api.deps import authenticate
+from chatbot_api.api.responses import drop_validation_422
+from chatbot_api.config import Settings
+from chatbot_api.db.engine import Database, default_database_url
+from chatbot_api.errors import install_exception_handlers
+from chatbot_api.logs import configure_logging, reset_logging
+from chatbot_api.middleware import RequestContextMiddleware
+from chatbot_api.providers.registry import (
+    PROVIDER_KINDS,
+    ModelRegistry,
+    ProviderKind,
+    load_model_specs,
+)
+from chatbot_api.security.auth import Authenticator
+from chatbot_api.security.keys import KeyStore
+from chatbot_api.services.chat import ChatService
+from chatbot_api.state import AppServices
+from chatbot_api.store.completions import CompletionStore
+from chatbot_api.store.writer import StoreWriter
+
+__all__ = ["create_app", "create_app_from_env"]
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = """
+A self-hosted chatbot API that speaks the OpenAI Chat Completions protocol: point any OpenAI
+client (the official SDKs, LangChain's `ChatOpenAI`, curl) at it unchanged.
+
+Errors always come in OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`
+with OpenAI's status codes. Every response carries an `X-Request-ID` header.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    provider_kinds: Mapping[str, ProviderKind] = PROVIDER_KINDS,
+) -> FastAPI:
+    """Build the ASGI app. Nothing is opened until the lifespan starts.
+
+    ``provider_kinds`` names the backends a models file may use; an embedding application
+    (or a test) can add its own :class:`~chatbot_api.providers.base.Provider` here.
+    """
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings)
+        async with AsyncExitStack() as resources:
+            resources.callback(reset_logging)
+            database = Database(
+                settings.database_url or default_database_url(settings.data_dir),
+                busy_timeout_ms=settings.database_busy_timeout_ms,
+            )
+            resources.push_async_callback(database.dispose)
+            await database.migrate()
+            writer = StoreWriter(
+                database, queue_size=settings.store_queue_size, batch_size=settings.store_batch_size
+            )
+            writer.start()
+            resources.push_async_callback(writer.close, settings.store_flush_seconds)
+            store = CompletionStore(database, writer)
+            keys = KeyStore(database)
+            auth = Authenticator(settings, keys)
+            if not await auth.required():
+                logger.warning(
+                    "authentication is off: no master key and no API keys. Anyone who can "
+                    "reach this server can use it; set CHATBOT_MASTER_KEY or create a key."
+                )
+            specs = load_model_specs(settings, provider_kinds)
+            registry = await ModelRegistry.open(specs, settings, provider_kinds)
+            resources.push_async_callback(registry.aclose)
+            chat_service = ChatService(registry, store, store_by_default=settings.store_by_default)
+            app.state.services = AppServices(
+                settings=settings,
+                registry=registry,
+                chat=chat_service,
+                database=database,
+                writer=writer,
+                store=store,
+                keys=keys,
+                auth=auth,
+            )
+            logger.info("serving models", extra={"models": [spec.id for spec in registry]})
+            yield
+            logger.info("shutting down")
+
+    app = FastAPI(
+        title="chatbot-api",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        # A body without a Content-Type is read as JSON, as OpenAI's API does.
+        strict_content_type=False,
+    )
+    install_exception_handlers(app)
+    drop_validation_422(app)
+    app.include_router(health.router)
+    # Every /v1 route and the admin routes need a key once authentication is on.
+    secured = [Depends(authenticate)]
+    app.include_router(models.router, dependencies=secured)
+    app.include_router(chat.router, dependencies=secured)
+    app.include_router(stored.router, dependencies=secured)
+    app.include_router(admin.router, dependencies=secured)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and for each worker process of ``serve --workers``."""
+    return create_app(Settings())

@@ -1,0 +1,87 @@
+"""The one typed settings object, read from ``CHATBOT_*`` environment variables and ``.env``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """Every setting, with its default. ``.env.example`` documents the same list."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHATBOT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    host: str = Field(default="127.0.0.1", description="Address `serve` binds to.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `serve` listens on.")
+    workers: int = Field(default=1, ge=1, description="Worker processes for `serve`.")
+
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="Admin key: manages API keys over HTTP, and turns authentication on.",
+    )
+    auth: Literal["auto", "disabled"] = Field(
+        default="auto",
+        description=(
+            "`auto`: keys are required once a master key is set or any key exists; with "
+            "neither the API is open, which `serve` allows on loopback only. `disabled`: "
+            "always open, on any address."
+        ),
+    )
+
+    log_level: LogLevel = "INFO"
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="`json` for machines, `console` for a person at a terminal."
+    )
+    log_file: Path | None = Field(
+        default=None, description="Also write JSON logs to this file, rotated by size."
+    )
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_backup_count: int = Field(default=5, ge=0)
+
+    models_file: Path | None = Field(
+        default=None, description="TOML file declaring models; merged over the built-ins."
+    )
+    bundled_model: bool = Field(
+        default=True,
+        description="Serve the bundled Gemma 3 270M as `gemma-3-270m` (prepared on first start).",
+    )
+    data_dir: Path = Field(
+        default=Path("data"), description="Where prepared model files (and later data) live."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL: `sqlite+aiosqlite:///path.db` or "
+            "`postgresql+asyncpg://user:pass@host/db`. Unset: `<data_dir>/chatbot.db`."
+        ),
+    )
+    database_busy_timeout_ms: int = Field(
+        default=5000, ge=0, description="SQLite: how long a writer waits for the lock."
+    )
+    store_by_default: bool = Field(
+        default=False, description="Store completions whose request does not set `store`."
+    )
+    store_queue_size: int = Field(
+        default=10_000, ge=1, description="Stored completions waiting for the writer."
+    )
+    store_batch_size: int = Field(default=256, ge=1, description="Rows per write transaction.")
+    store_flush_seconds: float = Field(
+        default=30.0, ge=0, description="At shutdown, how long to wait for pending writes."
+    )
+    sse_ping_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="Interval of SSE keep-alive comments on idle streams; 0 turns them off.",
+    )

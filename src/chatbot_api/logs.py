@@ -1,0 +1,85 @@
+"""Logging set-up: JSON lines (python-json-logger) or a rich console, with size-based rotation.
+
+Every record carries the id of the request it belongs to, taken from the request context.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+from rich.console import Console
+from rich.logging import RichHandler
+
+from chatbot_api.config import Settings
+from chatbot_api.context import current_request
+
+__all__ = ["RequestIdFilter", "configure_logging", "reset_logging"]
+
+_JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_RENAMES = {"asctime": "timestamp", "levelname": "level", "name": "logger"}
+_OURS = "_chatbot_api_handler"
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps ``request_id`` on every record logged while a request is being served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            context = current_request()
+            record.request_id = context.request_id if context else None
+        return True
+
+
+def _json_formatter() -> JsonFormatter:
+    return JsonFormatter(_JSON_FORMAT, rename_fields=_RENAMES, timestamp=False)
+
+
+def reset_logging() -> None:
+    """Remove (and close) the handlers an earlier :func:`configure_logging` installed."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _OURS, False):
+            root.removeHandler(handler)
+            handler.close()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Install our handlers on the root logger; safe to call again with new settings."""
+    reset_logging()
+    root = logging.getLogger()
+    root.setLevel(settings.log_level)
+
+    handlers: list[logging.Handler] = []
+    if settings.log_format == "console":
+        handlers.append(
+            RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=False)
+        )
+    else:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(_json_formatter())
+        handlers.append(stream)
+    if settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(
+            settings.log_file,
+            maxBytes=settings.log_max_bytes,
+            backupCount=settings.log_backup_count,
+            encoding="utf-8",
+        )
+        rotating.setFormatter(_json_formatter())
+        handlers.append(rotating)
+
+    for handler in handlers:
+        setattr(handler, _OURS, True)
+        handler.addFilter(RequestIdFilter())
+        root.addHandler(handler)
+
+    # Uvicorn's own loggers flow into ours; its access log is replaced by the middleware's.
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True

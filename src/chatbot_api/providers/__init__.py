@@ -1,0 +1,1 @@
+"""Model providers: the interface every backend implements, the built-ins, and the registry."""

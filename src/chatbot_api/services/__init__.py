@@ -1,0 +1,1 @@
+"""The service layer: what the API does, apart from how requests arrive over HTTP."""

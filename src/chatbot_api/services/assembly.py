@@ -1,0 +1,77 @@
+"""Collecting a provider's events into a ``chat.completion`` (answers and stored streams)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatbot_api.providers.base import (
+    Finish,
+    FinishReason,
+    GenerationEvent,
+    TextDelta,
+    TokenLogprob,
+)
+from chatbot_api.schemas.completions import ChatCompletion, Choice, CompletionUsage, ResponseMessage
+
+__all__ = ["Assembly", "wire_logprobs"]
+
+
+class Assembly:
+    """Texts, finish reasons, logprobs and usage of every choice, as events arrive."""
+
+    def __init__(self, n: int, *, logprobs: bool) -> None:
+        self._texts: list[list[str]] = [[] for _ in range(n)]
+        self._logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        self._reasons: list[FinishReason] = ["stop"] * n
+        self._want_logprobs = logprobs
+        self.usage = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+    def add(self, event: GenerationEvent) -> None:
+        if isinstance(event, TextDelta):
+            self._texts[event.index].append(event.text)
+            if event.logprobs:
+                self._logprobs[event.index].extend(event.logprobs)
+        elif isinstance(event, Finish):
+            self._reasons[event.index] = event.reason
+        else:
+            self.usage = CompletionUsage(
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                total_tokens=event.prompt_tokens + event.completion_tokens,
+            )
+
+    def completion(self, completion_id: str, created: int, model: str) -> ChatCompletion:
+        return ChatCompletion(
+            id=completion_id,
+            created=created,
+            model=model,
+            choices=[
+                Choice(
+                    index=i,
+                    message=ResponseMessage(content="".join(texts)),
+                    logprobs=wire_logprobs(self._logprobs[i]) if self._want_logprobs else None,
+                    finish_reason=self._reasons[i],
+                )
+                for i, texts in enumerate(self._texts)
+            ],
+            usage=self.usage,
+        )
+
+
+def wire_logprobs(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """OpenAI's ``logprobs`` object of a choice: ``{"content": [...], "refusal": null}``."""
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": list(t.bytes),
+                "top_logprobs": [
+                    {"token": a.token, "logprob": a.logprob, "bytes": list(a.bytes)}
+                    for a in t.top_logprobs
+                ],
+            }
+            for t in tokens
+        ],
+        "refusal": None,
+    }

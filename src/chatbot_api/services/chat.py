@@ -1,0 +1,246 @@
+"""Chat completions: resolve the model, run the provider, shape the answer or the SSE stream,
+and hand what the client asked to keep to the store."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pydantic import TypeAdapter
+
+from chatbot_api.context import current_owner, current_request
+from chatbot_api.errors import ChatbotAPIError, ModelNotFoundError, internal_error
+from chatbot_api.providers.base import (
+    Finish,
+    GenerationEvent,
+    GenerationRequest,
+    Provider,
+    TextDelta,
+    Usage,
+)
+from chatbot_api.providers.registry import ModelRegistry, ModelSpec
+from chatbot_api.schemas.chat import ChatCompletionRequest
+from chatbot_api.schemas.completions import ChatCompletionChunk, ChunkChoice, CompletionUsage, Delta
+from chatbot_api.schemas.messages import ChatMessage
+from chatbot_api.services.assembly import Assembly, wire_logprobs
+from chatbot_api.services.fanout import fan_out
+from chatbot_api.services.requests import build_generation_request, check_supported
+from chatbot_api.store.completions import CompletionStore
+from chatbot_api.store.writer import CompletionRecord
+
+__all__ = ["ChatService", "PreparedChat"]
+
+logger = logging.getLogger(__name__)
+
+_MESSAGES: TypeAdapter[list[ChatMessage]] = TypeAdapter(list[ChatMessage])
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedChat:
+    """A request that passed every check and is ready to run."""
+
+    id: str
+    created: int
+    spec: ModelSpec
+    provider: Provider
+    request: ChatCompletionRequest
+    generations: tuple[GenerationRequest, ...]
+    n: int
+    store: bool
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.request.stream_options
+        return bool(options and options.include_usage)
+
+    def assembly(self) -> Assembly:
+        return Assembly(self.n, logprobs=bool(self.request.logprobs))
+
+
+class ChatService:
+    def __init__(
+        self, registry: ModelRegistry, store: CompletionStore, *, store_by_default: bool = False
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._store_by_default = store_by_default
+
+    def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
+        """Everything that can fail before a response starts fails here, as a proper status."""
+        context = current_request()
+        principal = context.principal if context is not None else None
+        if principal is not None and not principal.may_use(request.model):
+            raise ModelNotFoundError(request.model, param="model")
+        model = self._registry.get(request.model, param="model")
+        supported = model.provider.supported_parameters
+        check_supported(request, model.spec.id, supported)
+        n = request.n or 1
+        if n == 1 or "n" in supported:
+            generations: tuple[GenerationRequest, ...] = (build_generation_request(request),)
+        else:
+            generations = tuple(build_generation_request(request, seed_offset=i) for i in range(n))
+        if context is not None:
+            context.model = model.spec.id
+            context.stream = bool(request.stream)
+        return PreparedChat(
+            id=_completion_id(),
+            created=int(time.time()),
+            spec=model.spec,
+            provider=model.provider,
+            request=request,
+            generations=generations,
+            n=n,
+            store=self._store_by_default if request.store is None else request.store,
+        )
+
+    async def complete(self, chat: PreparedChat) -> str:
+        """The ``chat.completion`` as JSON text, queued for the store when asked."""
+        assembly = chat.assembly()
+        async for event in self._events(chat):
+            assembly.add(event)
+            if isinstance(event, Usage):
+                _record_usage(event)
+        body = assembly.completion(chat.id, chat.created, chat.spec.id).model_dump_json()
+        if chat.store:
+            await self._save(chat, body, assembly.usage)
+        return body
+
+    async def open_stream(self, chat: PreparedChat) -> AsyncIterator[str]:
+        """Start generating and return the SSE payloads once the provider has answered.
+
+        Waiting for the provider's first event before any byte is sent means that a refusal
+        (every slot taken, a prompt too long for the context) still reaches the client as a
+        proper status code, not as an error event inside a 200.
+        """
+        events = self._events(chat)
+        try:
+            first = await anext(aiter(events), None)
+        except BaseException:
+            await _close(events)
+            raise
+        return self._stream(chat, first, events)
+
+    async def _stream(
+        self,
+        chat: PreparedChat,
+        first: GenerationEvent | None,
+        events: AsyncIterator[GenerationEvent],
+    ) -> AsyncIterator[str]:
+        """The SSE ``data`` payloads of a streamed completion, ``[DONE]`` last.
+
+        An error after the first chunk becomes an error event; a cancelled stream (the client
+        went away) stops the provider at once and is logged. A stream that completes is
+        stored as assembled when the client asked for it.
+        """
+        exclude = None if chat.include_usage else {"usage"}
+
+        def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> str:
+            return ChatCompletionChunk(
+                id=chat.id, created=chat.created, model=chat.spec.id, choices=choices, usage=usage
+            ).model_dump_json(exclude=exclude)
+
+        assembly = chat.assembly() if chat.store else None
+        pieces = 0
+        try:
+            for index in range(chat.n):
+                yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+            async for event in _prepend(first, events):
+                if assembly is not None:
+                    assembly.add(event)
+                if isinstance(event, TextDelta):
+                    pieces += 1
+                    choice = ChunkChoice(
+                        index=event.index,
+                        delta=Delta(content=event.text),
+                        logprobs=wire_logprobs(event.logprobs) if event.logprobs else None,
+                    )
+                    yield chunk([choice])
+                elif isinstance(event, Finish):
+                    yield chunk(
+                        [ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)]
+                    )
+                else:
+                    usage = _record_usage(event)
+                    if chat.include_usage:
+                        yield chunk([], usage)
+            if assembly is not None:
+                body = assembly.completion(chat.id, chat.created, chat.spec.id).model_dump_json()
+                await self._save(chat, body, assembly.usage)
+        except ChatbotAPIError as exc:
+            logger.warning("stream failed: %s", exc.message, extra={"code": exc.code})
+            yield exc.to_body().model_dump_json()
+        except Exception:
+            logger.exception("stream failed unexpectedly")
+            context = current_request()
+            yield (
+                internal_error(context.request_id if context else None).to_body().model_dump_json()
+            )
+        except BaseException:
+            logger.info(
+                "client disconnected; generation stopped",
+                extra={"model": chat.spec.id, "pieces_sent": pieces},
+            )
+            raise
+        finally:
+            await _close(events)
+        yield "[DONE]"
+
+    def _events(self, chat: PreparedChat) -> AsyncIterator[GenerationEvent]:
+        if len(chat.generations) == 1:
+            return chat.provider.generate(chat.generations[0])
+        return fan_out(chat.provider, chat.generations)
+
+    async def _save(self, chat: PreparedChat, body: str, usage: CompletionUsage) -> None:
+        context = current_request()
+        messages = _MESSAGES.dump_json(chat.request.messages, exclude_none=True).decode()
+        await self._store.save(
+            CompletionRecord(
+                id=chat.id,
+                owner=current_owner(),
+                model=chat.spec.id,
+                created=chat.created,
+                request_id=context.request_id if context else None,
+                messages_json=messages,
+                response_json=body,
+                metadata_=chat.request.metadata or {},
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
+        )
+
+
+def _completion_id() -> str:
+    """``chatcmpl-`` and 32 hex digits that sort by time (milliseconds first, then random):
+    stored rows then land at the end of the id index instead of at random places in it."""
+    return f"chatcmpl-{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+async def _prepend(
+    first: GenerationEvent | None, rest: AsyncIterator[GenerationEvent]
+) -> AsyncIterator[GenerationEvent]:
+    if first is not None:
+        yield first
+        async for event in rest:
+            yield event
+
+
+async def _close(events: AsyncIterator[GenerationEvent]) -> None:
+    """Close a provider's generator now, so its ``finally`` (cancelling work) runs at once."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _record_usage(event: Usage) -> CompletionUsage:
+    context = current_request()
+    if context is not None:
+        context.prompt_tokens = event.prompt_tokens
+        context.completion_tokens = event.completion_tokens
+    return CompletionUsage(
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        total_tokens=event.prompt_tokens + event.completion_tokens,
+    )

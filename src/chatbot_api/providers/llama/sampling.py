@@ -1,0 +1,155 @@
+"""Per-sequence sampling: a llama.cpp sampler chain built from the request, and logprobs."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from chatbot_api.errors import InvalidRequestError
+from chatbot_api.providers.base import TokenLogprob, TopLogprob
+
+__all__ = ["SamplingParams", "build_sampler", "grammar_for", "token_logprob", "token_piece"]
+
+_PENALTY_WINDOW = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    seed: int | None
+    grammar: str | None
+    logit_bias: dict[int, float]
+    logprobs: bool
+    top_logprobs: int
+
+
+def grammar_for(response_format: dict[str, Any] | None) -> str | None:
+    """A GBNF grammar that only admits output of the requested JSON shape, or None."""
+    if not response_format:
+        return None
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return str(JSON_GBNF)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequestError(
+                "Missing required parameter: 'response_format.json_schema.schema'.",
+                param="response_format.json_schema.schema",
+                code="missing_required_parameter",
+            )
+        try:
+            return str(json_schema_to_gbnf(json.dumps(schema)))
+        except Exception as exc:  # the converter raises bare Exceptions and KeyErrors
+            raise InvalidRequestError(
+                f"Invalid JSON schema for 'response_format': {exc}",
+                param="response_format.json_schema.schema",
+                code="invalid_value",
+            ) from None
+    raise InvalidRequestError(
+        f"Invalid value for 'response_format.type': {kind!r}; supported values are 'text', "
+        "'json_object' and 'json_schema'.",
+        param="response_format.type",
+        code="invalid_value",
+    )
+
+
+def build_sampler(vocab: Any, n_vocab: int, params: SamplingParams) -> Any:
+    """The chain a sequence samples with; ``llama_sampler_sample`` also accepts the token."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+    def add(sampler: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    if params.grammar is not None:
+        grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+        if not grammar:
+            llama_cpp.llama_sampler_free(chain)
+            raise InvalidRequestError(
+                "The JSON schema in 'response_format' could not be compiled to a grammar.",
+                param="response_format",
+            )
+        add(grammar)
+    if params.logit_bias:
+        biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
+            *(llama_cpp.llama_logit_bias(token, bias) for token, bias in params.logit_bias.items())
+        )
+        add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
+    if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
+        # The binding declares a leading n_vocab argument that newer llama.cpp dropped; passing
+        # the window twice lands it in the right register under either signature.
+        add(
+            llama_cpp.llama_sampler_init_penalties(
+                _PENALTY_WINDOW,
+                _PENALTY_WINDOW,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            )
+        )
+    if params.temperature <= 0:
+        add(llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if params.top_k > 0:
+        add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+    add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0:
+        add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+    add(llama_cpp.llama_sampler_init_temp(params.temperature))
+    seed = params.seed if params.seed is not None else random.getrandbits(32)
+    add(llama_cpp.llama_sampler_init_dist(seed % 2**32))
+    return chain
+
+
+def token_piece(vocab: Any, token: int) -> bytes:
+    """The bytes of one token; a multi-byte character may span several tokens."""
+    buffer = ctypes.create_string_buffer(64)
+    size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    if size < 0:
+        buffer = ctypes.create_string_buffer(-size)
+        size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    return buffer.raw[:size]
+
+
+def token_logprob(
+    ctx: Any, vocab: Any, n_vocab: int, index: int, token: int, top: int
+) -> TokenLogprob:
+    """The sampled token's log probability under the model, from the logits at ``index``."""
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+    peak = float(logits.max())
+    log_total = peak + float(np.log(np.exp(logits - peak).sum()))
+    alternatives: tuple[TopLogprob, ...] = ()
+    if top:
+        best = np.argpartition(-logits, top)[:top]
+        best = best[np.argsort(-logits[best])]
+        alternatives = tuple(_top(vocab, int(t), float(logits[t]) - log_total) for t in best)
+    piece = token_piece(vocab, token)
+    return TokenLogprob(
+        token=piece.decode("utf-8", errors="replace"),
+        logprob=float(logits[token]) - log_total,
+        bytes=tuple(piece),
+        top_logprobs=alternatives,
+    )
+
+
+def _top(vocab: Any, token: int, logprob: float) -> TopLogprob:
+    piece = token_piece(vocab, token)
+    return TopLogprob(
+        token=piece.decode("utf-8", errors="replace"), logprob=logprob, bytes=tuple(piece)
+    )

@@ -1,0 +1,61 @@
+"""Table definitions. Persistence models only: wire schemas live in ``schemas/``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["ApiKey", "Base", "StoredCompletion"]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StoredCompletion(Base):
+    """A chat completion kept with ``store: true``: the request's messages and the answer."""
+
+    __tablename__ = "stored_completions"
+
+    #: Insertion order: paging walks it, so ties in ``created`` never reorder a page.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: Who may read it: the API key's id once keys exist; "" for anonymous use.
+    owner: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    created: Mapped[int] = mapped_column(BigInteger)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    # Payloads are kept as the JSON text that was sent, so writing costs no re-serialising.
+    messages_json: Mapped[str] = mapped_column(Text)
+    response_json: Mapped[str] = mapped_column(Text)
+    # Filtered on by key, so a JSON column the databases can index into.
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("ix_stored_completions_owner_seq", "owner", "seq"),
+        Index("ix_stored_completions_owner_model_seq", "owner", "model", "seq"),
+    )
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is kept; ``prefix`` (not secret) finds it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    #: Model ids the key may use; None for every model.
+    models: Mapped[list[str] | None] = mapped_column(JSON)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    created: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)

@@ -1,0 +1,1 @@
+"""Stored chat completions: the background writer and the queries behind the endpoints."""

@@ -1,0 +1,198 @@
+"""Queries behind OpenAI's stored-completion endpoints, always scoped to one owner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import RowMapping, Select, delete, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatbot_api.db.engine import Database
+from chatbot_api.db.tables import StoredCompletion
+from chatbot_api.errors import DatabaseUnavailableError, NotFoundError
+from chatbot_api.store.writer import CompletionRecord, StoreWriter
+
+__all__ = ["CompletionStore", "Page"]
+
+Order = Literal["asc", "desc"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a read waits for earlier writes before answering 503.
+_CATCH_UP_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    data: list[dict[str, Any]]
+    has_more: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": self.data,
+            "first_id": self.data[0]["id"] if self.data else None,
+            "last_id": self.data[-1]["id"] if self.data else None,
+            "has_more": self.has_more,
+        }
+
+
+def _not_found(completion_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"No chat completion found with id '{completion_id}'.", param="completion_id"
+    )
+
+
+def _completion(row: RowMapping) -> dict[str, Any]:
+    """Row -> the wire object: the stored answer with its current metadata."""
+    body: dict[str, Any] = json.loads(row["response_json"])
+    body["metadata"] = row["metadata"]
+    body["request_id"] = row["request_id"]
+    return body
+
+
+def _message(completion_id: str, index: int, message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    parts = content if isinstance(content, list) else None
+    if parts is not None:
+        content = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
+    return {
+        "id": f"{completion_id}-{index}",
+        "role": message["role"],
+        "content": content,
+        "refusal": message.get("refusal"),
+        "name": message.get("name"),
+        "content_parts": parts,
+    }
+
+
+class CompletionStore:
+    def __init__(self, database: Database, writer: StoreWriter) -> None:
+        self._database = database
+        self._writer = writer
+
+    async def save(self, record: CompletionRecord) -> None:
+        await self._writer.put(record)
+
+    async def _caught_up(self) -> None:
+        """Let the writes queued before this request land first (read-your-writes)."""
+        try:
+            await asyncio.wait_for(self._writer.sync(), _CATCH_UP_SECONDS)
+        except TimeoutError:
+            raise DatabaseUnavailableError() from None
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._database.read() as connection:
+                yield connection
+        except (SQLAlchemyError, OSError) as exc:
+            logger.warning("database read failed", extra={"error": str(exc).splitlines()[0]})
+            raise DatabaseUnavailableError() from None
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._database.write() as connection:
+                yield connection
+        except (SQLAlchemyError, OSError) as exc:
+            logger.warning("database write failed", extra={"error": str(exc).splitlines()[0]})
+            raise DatabaseUnavailableError() from None
+
+    async def list(
+        self,
+        owner: str,
+        *,
+        model: str | None,
+        metadata: dict[str, str],
+        after: str | None,
+        limit: int,
+        order: Order,
+    ) -> Page:
+        await self._caught_up()
+        query = select(StoredCompletion).where(StoredCompletion.owner == owner)
+        if model is not None:
+            query = query.where(StoredCompletion.model == model)
+        for key, value in metadata.items():
+            query = query.where(StoredCompletion.metadata_[key].as_string() == value)
+        query = await self._after(query, owner, after, order)
+        ordering = StoredCompletion.seq.asc() if order == "asc" else StoredCompletion.seq.desc()
+        async with self._reading() as connection:
+            rows = (await connection.execute(query.order_by(ordering).limit(limit + 1))).all()
+        page = [_completion(row._mapping) for row in rows[:limit]]
+        return Page(page, has_more=len(rows) > limit)
+
+    async def _after(
+        self, query: Select[Any], owner: str, after: str | None, order: Order
+    ) -> Select[Any]:
+        if after is None:
+            return query
+        cursor = (
+            select(StoredCompletion.seq)
+            .where(StoredCompletion.owner == owner, StoredCompletion.id == after)
+            .scalar_subquery()
+        )
+        if order == "asc":
+            return query.where(StoredCompletion.seq > cursor)
+        return query.where(StoredCompletion.seq < cursor)
+
+    async def _row(self, owner: str, completion_id: str) -> RowMapping:
+        await self._caught_up()
+        query = select(StoredCompletion).where(
+            StoredCompletion.owner == owner, StoredCompletion.id == completion_id
+        )
+        async with self._reading() as connection:
+            row = (await connection.execute(query)).first()
+        if row is None:
+            raise _not_found(completion_id)
+        return row._mapping
+
+    async def get(self, owner: str, completion_id: str) -> dict[str, Any]:
+        return _completion(await self._row(owner, completion_id))
+
+    async def update_metadata(
+        self, owner: str, completion_id: str, metadata: dict[str, str] | None
+    ) -> dict[str, Any]:
+        await self._caught_up()
+        async with self._writing() as connection:
+            result = await connection.execute(
+                update(StoredCompletion)
+                .where(StoredCompletion.owner == owner, StoredCompletion.id == completion_id)
+                .values({StoredCompletion.metadata_: metadata or {}})
+            )
+        if result.rowcount == 0:
+            raise _not_found(completion_id)
+        return await self.get(owner, completion_id)
+
+    async def delete(self, owner: str, completion_id: str) -> dict[str, Any]:
+        await self._caught_up()
+        async with self._writing() as connection:
+            result = await connection.execute(
+                delete(StoredCompletion).where(
+                    StoredCompletion.owner == owner, StoredCompletion.id == completion_id
+                )
+            )
+        if result.rowcount == 0:
+            raise _not_found(completion_id)
+        return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
+
+    async def messages(
+        self, owner: str, completion_id: str, *, after: str | None, limit: int, order: Order
+    ) -> Page:
+        row = await self._row(owner, completion_id)
+        messages = [
+            _message(completion_id, i, m) for i, m in enumerate(json.loads(row["messages_json"]))
+        ]
+        if order == "desc":
+            messages.reverse()
+        if after is not None:
+            ids = [m["id"] for m in messages]
+            messages = messages[ids.index(after) + 1 :] if after in ids else []
+        return Page(messages[:limit], has_more=len(messages) > limit)

@@ -1,0 +1,103 @@
+"""Shared fixtures: a real server on loopback and the official openai SDK pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from chatbot_api.app import create_app
+from chatbot_api.config import Settings
+from tests.providers import TEST_PROVIDER_KINDS
+from tests.servers import LiveServer
+
+MODELS_TOML = """
+[models."echo-slow"]
+provider = "echo"
+owned_by = "tests"
+token_delay = 0.05
+
+[models."broken-at-start"]
+provider = "broken"
+
+[models."broken-mid-stream"]
+provider = "broken"
+fail_after = 2
+
+[models."overloaded-mid-stream"]
+provider = "broken"
+fail_after = 1
+failure = "overloaded"
+"""
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings from the arguments alone: no ``.env`` file, defaults for the rest.
+
+    The bundled model is left out unless a test asks for it: most tests need only ``echo``.
+    """
+    overrides.setdefault("bundled_model", False)
+    return Settings(_env_file=None, **overrides)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data directory for the session, so the bundled model is prepared once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "models.toml"
+    path.write_text(MODELS_TOML)
+    return path
+
+
+ServerFactory = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def start_server(models_file: Path, data_dir: Path, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start a server of its own for a test that needs particular settings."""
+    servers: list[LiveServer] = []
+
+    def start(**overrides: Any) -> LiveServer:
+        overrides.setdefault("models_file", models_file)
+        overrides.setdefault("data_dir", data_dir)
+        overrides.setdefault("database_url", f"sqlite+aiosqlite:///{tmp_path / 'own.db'}")
+        app = create_app(make_settings(**overrides), provider_kinds=TEST_PROVIDER_KINDS)
+        server = LiveServer(app).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def server(models_file: Path) -> Iterator[LiveServer]:
+    app = create_app(make_settings(models_file=models_file), provider_kinds=TEST_PROVIDER_KINDS)
+    with LiveServer(app) as live:
+        yield live
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="sk-test", max_retries=0) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def async_client(server: LiveServer) -> Any:
+    sdk = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="sk-test", max_retries=0)
+    yield sdk
+    await sdk.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,56 @@
+"""Fake model backends for the failure paths: stand-ins for the world outside our code.
+
+They implement the public :class:`~chatbot_api.providers.base.Provider` protocol, the seam an
+embedding application uses to add its own backend, and are handed to ``create_app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel, ConfigDict
+
+from chatbot_api.config import Settings
+from chatbot_api.errors import ServerOverloadedError
+from chatbot_api.providers.base import GenerationEvent, GenerationRequest, Provider, TextDelta
+from chatbot_api.providers.registry import PROVIDER_KINDS, ModelSpec, ProviderKind
+
+__all__ = ["TEST_PROVIDER_KINDS", "BrokenBackendConfig"]
+
+
+class BrokenBackendConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: Pieces of text produced before the backend fails.
+    fail_after: int = 0
+    #: ``crash`` raises an unexpected error; ``overloaded`` an API error with a status.
+    failure: str = "crash"
+
+
+class BrokenBackend:
+    """A backend that dies part-way, as a crashed model server or a dropped connection would."""
+
+    supported_parameters: frozenset[str] = frozenset()
+
+    def __init__(self, config: BrokenBackendConfig) -> None:
+        self._config = config
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        for number in range(self._config.fail_after):
+            yield TextDelta(f"piece{number} ")
+        if self._config.failure == "overloaded":
+            raise ServerOverloadedError("The backend is overloaded.")
+        raise RuntimeError("backend crashed: secret internal detail")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _build_broken(spec: ModelSpec, settings: Settings) -> Provider:
+    assert isinstance(spec.config, BrokenBackendConfig)
+    return BrokenBackend(spec.config)
+
+
+TEST_PROVIDER_KINDS = {
+    **PROVIDER_KINDS,
+    "broken": ProviderKind(config=BrokenBackendConfig, build=_build_broken),
+}

@@ -1,0 +1,209 @@
+"""API keys and the master key, through the official SDK and the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from chatbot_api.cli import main
+from tests.conftest import ServerFactory
+from tests.servers import LiveServer, clean_env
+
+MASTER = "sk-master-for-tests-0123456789"
+HELLO: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+
+_clients: list[openai.OpenAI] = []
+
+
+def _sdk(server: LiveServer, key: str) -> openai.OpenAI:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def _make_key(server: LiveServer, **body: object) -> dict[str, object]:
+    response = httpx.post(
+        f"{server.base_url}/admin/keys",
+        headers={"Authorization": f"Bearer {MASTER}"},
+        json={"name": "test", **body},
+    )
+    assert response.status_code == 201, response.text
+    created: dict[str, object] = response.json()
+    return created
+
+
+@pytest.fixture
+def secured(start_server: ServerFactory) -> LiveServer:
+    return start_server(master_key=MASTER)
+
+
+def test_no_key_is_401_with_a_challenge(secured: LiveServer) -> None:
+    response = httpx.get(f"{secured.base_url}/v1/models")
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_wrong_key_is_401_and_not_echoed(secured: LiveServer) -> None:
+    wrong = "sk-cb-0123456789abWRONGWRONGWRONGWRONGWRONGWRONG"
+    with pytest.raises(openai.AuthenticationError) as caught:
+        _sdk(secured, wrong).chat.completions.create(model="echo", messages=HELLO)
+
+    assert caught.value.status_code == 401
+    assert caught.value.code == "invalid_api_key"
+    assert wrong not in caught.value.response.text
+
+
+def test_health_stays_public(secured: LiveServer) -> None:
+    assert httpx.get(f"{secured.base_url}/health").status_code == 200
+
+
+def test_a_made_key_works_and_revoking_it_stops_it_at_once(secured: LiveServer) -> None:
+    made = _make_key(secured)
+    key = str(made["key"])
+    client = _sdk(secured, key)
+
+    assert client.chat.completions.create(model="echo", messages=HELLO).choices
+    listed = httpx.get(
+        f"{secured.base_url}/admin/keys", headers={"Authorization": f"Bearer {MASTER}"}
+    ).json()
+    assert key not in str(listed)
+    assert made["id"] in [k["id"] for k in listed["data"]]
+
+    httpx.delete(
+        f"{secured.base_url}/admin/keys/{made['id']}",
+        headers={"Authorization": f"Bearer {MASTER}"},
+    ).raise_for_status()
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="echo", messages=HELLO)
+
+
+def test_an_expired_key_is_refused(secured: LiveServer) -> None:
+    key = str(_make_key(secured, expires_in="1s")["key"])
+    client = _sdk(secured, key)
+    client.models.list()
+
+    time.sleep(2.1)
+
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+
+def test_a_key_sees_only_its_models(secured: LiveServer) -> None:
+    client = _sdk(secured, str(_make_key(secured, models=["echo"])["key"]))
+
+    assert [m.id for m in client.models.list()] == ["echo"]
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("echo-slow")
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="echo-slow", messages=HELLO)
+
+
+def test_admin_routes_need_the_master_key(secured: LiveServer) -> None:
+    key = str(_make_key(secured)["key"])
+
+    response = httpx.get(
+        f"{secured.base_url}/admin/keys", headers={"Authorization": f"Bearer {key}"}
+    )
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "permission_denied"
+    with pytest.raises(openai.PermissionDeniedError):
+        _sdk(secured, key).get("/../admin/keys", cast_to=object)
+
+
+def test_stored_completions_belong_to_their_key(secured: LiveServer) -> None:
+    alice = _sdk(secured, str(_make_key(secured)["key"]))
+    bob = _sdk(secured, str(_make_key(secured)["key"]))
+    kept = alice.chat.completions.create(model="echo", messages=HELLO, store=True)
+
+    assert alice.chat.completions.retrieve(kept.id).id == kept.id
+    with pytest.raises(openai.NotFoundError):
+        bob.chat.completions.retrieve(kept.id)
+    assert [c.id for c in bob.chat.completions.list()] == []
+
+
+def test_the_first_key_closes_an_open_server(start_server: ServerFactory, tmp_path: Path) -> None:
+    database = tmp_path / "open.db"
+    server = start_server(database_url=f"sqlite+aiosqlite:///{database}")
+    assert httpx.get(f"{server.base_url}/v1/models").status_code == 200
+
+    created = subprocess.run(
+        [sys.executable, "-m", "chatbot_api", "keys", "create", "--name", "first"],
+        env=clean_env(CHATBOT_DATABASE_URL=f"sqlite+aiosqlite:///{database}"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    key = created.stdout.strip()
+    assert key.startswith("sk-cb-")
+    assert created.stdout == key + "\n"  # the key alone: KEY=$(chatbot-api keys create ...)
+    assert "shown once" in created.stderr
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{server.base_url}/v1/models").status_code == 200:
+        assert time.monotonic() < deadline, "the open server did not start asking for keys"
+        time.sleep(0.1)
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{server.base_url}/v1/models", headers=headers).status_code == 200
+
+
+def test_cli_lists_and_revokes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHATBOT_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'k.db'}")
+    assert (
+        main(
+            [
+                "keys",
+                "create",
+                "--name",
+                "ops",
+                "--models",
+                "echo",
+                "--rpm",
+                "5",
+                "--expires-in",
+                "30d",
+            ]
+        )
+        == 0
+    )
+    key = capsys.readouterr().out.strip()
+
+    assert main(["keys", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "ops" in listing
+    assert key not in listing
+    key_id = next(word for word in listing.split() if word.startswith("key_"))
+    assert main(["keys", "revoke", key_id]) == 0
+    assert main(["keys", "revoke", "key_missing"]) == 1
+    assert main(["keys", "create", "--name", "x", "--expires-in", "soon"]) == 2
+
+
+def test_serve_refuses_an_open_api_on_the_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHATBOT_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'n.db'}")
+    monkeypatch.setenv("CHATBOT_BUNDLED_MODEL", "false")
+
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+
+    assert "refusing to serve on 0.0.0.0" in capsys.readouterr().err

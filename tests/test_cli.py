@@ -1,0 +1,87 @@
+"""The ``chatbot-api`` command, run as a user runs it: in its own process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chatbot_api.cli import main
+from tests.servers import clean_env, free_port
+
+
+def test_models_lists_built_in_and_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text('[models."my-bot"]\nprovider = "echo"\nowned_by = "me"\n')
+    monkeypatch.setenv("CHATBOT_MODELS_FILE", str(models))
+
+    assert main(["models"]) == 0
+
+    out = capsys.readouterr().out
+    assert "echo" in out
+    assert "my-bot" in out
+    assert "built-in" in out
+
+
+def test_bad_models_file_stops_serve_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text('[models."my-bot"]\nprovider = "echo"\nspeed = 3\n')
+    monkeypatch.setenv("CHATBOT_MODELS_FILE", str(models))
+
+    assert main(["serve", "--port", "0"]) == 2
+
+    err = capsys.readouterr().err
+    assert str(models) in err
+    assert "model 'my-bot': key 'speed': unknown key" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.startswith("chatbot-api ")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_in_its_own_process_answers_and_stops_on_sigterm(
+    tmp_path: Path, data_dir: Path, workers: str
+) -> None:
+    port = free_port()
+    log_file = tmp_path / "server.log"
+    output = (tmp_path / "output.txt").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port), "--workers", workers],
+        env=clean_env(CHATBOT_LOG_FILE=str(log_file), CHATBOT_DATA_DIR=str(data_dir)),
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/health")
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, (tmp_path / "output.txt").read_text()
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        assert response.json() == {"status": "ok"}
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+        # With no models file: the built-in echo and the bundled model, prepared on first start.
+        assert [m["id"] for m in models["data"]] == ["echo", "gemma-3-270m"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        output.close()
+    assert process.returncode == 0, (tmp_path / "output.txt").read_text()
+    assert "chatbot_api" in log_file.read_text()

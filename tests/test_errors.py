@@ -1,0 +1,226 @@
+"""Every failure reaches the client in OpenAI's envelope, and the SDK raises its matching class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.servers import LiveServer
+from tests.spec import validate
+
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+
+def _post(server: LiveServer, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{server.base_url}/v1/chat/completions", **kwargs)
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    validate("ErrorResponse", body)
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"messages": HELLO}, "model", "missing_required_parameter"),
+        ({"model": "echo"}, "messages", "missing_required_parameter"),
+        ({"model": "echo", "messages": []}, "messages", "invalid_value"),
+        (
+            {"model": "echo", "messages": [{"role": "bot", "content": "x"}]},
+            "messages[0].role",
+            "invalid_value",
+        ),
+        (
+            {"model": "echo", "messages": [{"role": "user"}]},
+            "messages[0].content",
+            "missing_required_parameter",
+        ),
+        (
+            {"model": "echo", "messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+            "invalid_value",
+        ),
+        (
+            {"model": "echo", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+            "missing_required_parameter",
+        ),
+        (
+            {"model": "echo", "messages": [{"role": "user", "content": [{"type": "video"}]}]},
+            "messages[0].content[0].type",
+            "invalid_value",
+        ),
+        (
+            {"model": "echo", "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].tool_call_id",
+            "missing_required_parameter",
+        ),
+        ({"model": "echo", "messages": HELLO, "temperature": 3}, "temperature", "invalid_value"),
+        ({"model": "echo", "messages": HELLO, "top_p": -1}, "top_p", "invalid_value"),
+        ({"model": "echo", "messages": HELLO, "n": 0}, "n", "invalid_value"),
+        ({"model": "echo", "messages": HELLO, "max_tokens": 0}, "max_tokens", "invalid_value"),
+        (
+            {"model": "echo", "messages": HELLO, "stop": ["a", "b", "c", "d", "e"]},
+            "stop",
+            "invalid_value",
+        ),
+        ({"model": "echo", "messages": HELLO, "stop": 7}, "stop", "invalid_value"),
+        ({"model": "echo", "messages": HELLO, "stream": "yes"}, "stream", "invalid_value"),
+        ({"model": "echo", "messages": HELLO, "n": "2"}, "n", "invalid_value"),
+        (
+            {"model": "echo", "messages": HELLO, "stream_options": {"include_usage": "x"}},
+            "stream_options.include_usage",
+            "invalid_value",
+        ),
+    ],
+)
+def test_invalid_fields_are_400_naming_the_param(
+    server: LiveServer, body: dict[str, Any], param: str, code: str
+) -> None:
+    response = _post(server, json=body)
+
+    assert response.status_code == 400
+    error = _error(response)
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+    assert param in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logit_bias": {"1": 2}}, "logit_bias"),
+        ({"modalities": ["text", "audio"]}, "audio"),
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
+    ],
+)
+def test_parameters_a_provider_cannot_honour_are_refused(
+    client: openai.OpenAI, extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="echo", messages=HELLO, **extra)
+
+    assert caught.value.param == param
+    assert caught.value.code == "unsupported_parameter"
+    assert param in caught.value.message
+
+
+def test_tool_choice_without_tools_is_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="echo", messages=HELLO, tool_choice="auto")
+
+    assert caught.value.param == "tool_choice"
+
+
+def test_top_logprobs_needs_logprobs(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="echo", messages=HELLO, top_logprobs=2)
+
+    assert caught.value.param == "top_logprobs"
+
+
+def test_image_parts_are_refused_by_a_text_model(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="echo",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+                    ],
+                }
+            ],
+        )
+
+    assert caught.value.param == "messages[0].content[1]"
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="no-such-model", messages=HELLO)
+
+    assert caught.value.code == "model_not_found"
+    assert caught.value.param == "model"
+
+
+def test_stream_for_an_unknown_model_fails_before_streaming(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=HELLO, stream=True)
+
+
+def test_sdk_raises_bad_request_for_a_bad_field(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="echo", messages=HELLO, temperature=9)
+
+    assert caught.value.status_code == 400
+    assert caught.value.param == "temperature"
+
+
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [
+        (b'{"model": "echo",', {"content-type": "application/json"}),
+        (b"", {"content-type": "application/json"}),
+        (b"[1, 2]", {"content-type": "application/json"}),
+        (b'{"model": "echo"}', {"content-type": "text/plain"}),
+    ],
+)
+def test_malformed_bodies_are_400(
+    server: LiveServer, content: bytes, headers: dict[str, str]
+) -> None:
+    response = _post(server, content=content, headers=headers)
+
+    assert response.status_code == 400
+    error = _error(response)
+    assert error["code"] == "invalid_json"
+    assert error["param"] is None
+
+
+def test_json_without_a_content_type_is_read(server: LiveServer) -> None:
+    response = _post(
+        server, content=b'{"model": "echo", "messages": [{"role": "user", "content": "plain"}]}'
+    )
+
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "plain"
+
+
+def test_unknown_route_is_404(server: LiveServer) -> None:
+    response = httpx.get(f"{server.base_url}/v1/nothing-here")
+
+    assert response.status_code == 404
+    assert _error(response)["code"] == "unknown_url"
+
+
+def test_wrong_method_is_405(server: LiveServer) -> None:
+    response = httpx.delete(f"{server.base_url}/v1/models")
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    assert _error(response)["code"] == "method_not_allowed"
+
+
+def test_unexpected_failure_is_500_with_the_request_id_and_no_trace(
+    client: openai.OpenAI,
+) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="broken-at-start", messages=HELLO)
+
+    error = caught.value
+    request_id = error.response.headers["x-request-id"]
+    assert error.status_code == 500
+    assert request_id in error.message
+    assert "secret internal detail" not in error.response.text
+    assert "Traceback" not in error.response.text
+    validate("ErrorResponse", error.response.json())

@@ -1,0 +1,310 @@
+"""The bundled Gemma 3 270M served by llama.cpp: real generations, kept short."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from chatbot_api.providers.llama.bundled import prepare_bundled_model
+from tests.conftest import ServerFactory
+from tests.servers import LiveServer
+
+MODEL = "gemma-3-270m"
+FRANCE: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[LiveServer]:
+    from chatbot_api.app import create_app
+    from tests.conftest import make_settings
+
+    config = tmp_path_factory.mktemp("llama") / "models.toml"
+    gguf = prepare_bundled_model(data_dir, show_progress=False)
+    config.write_text(
+        # The same GGUF declared by path, as a user declares any GGUF file, with one sequence
+        # and no queue (to see the overload answer) and a small context (to exceed it).
+        f'[models."tiny-slot"]\nprovider = "llama_cpp"\npath = "{gguf}"\nparallel = 1\n'
+        f'queue_size = 0\ncontext_size = 128\nprompt_format = "transcript"\n'
+    )
+    settings = make_settings(bundled_model=True, data_dir=data_dir, models_file=config)
+    with LiveServer(create_app(settings)) as live:
+        yield live
+
+
+@pytest.fixture
+def sdk(llama_server: LiveServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=f"{llama_server.base_url}/v1", api_key="unused", max_retries=0
+    ) as client:
+        yield client
+
+
+def test_models_lists_the_bundled_model(sdk: openai.OpenAI) -> None:
+    assert MODEL in {model.id for model in sdk.models.list()}
+
+
+def test_greedy_answer_is_sensible(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0)
+
+    choice = completion.choices[0]
+    assert "Paris" in (choice.message.content or "")
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 5
+    assert 0 < completion.usage.completion_tokens < 40
+
+
+def test_same_seed_same_text(sdk: openai.OpenAI) -> None:
+    def sample(seed: int) -> str:
+        completion = sdk.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Tell me a story about a dragon."}],
+            temperature=1.2,
+            seed=seed,
+            max_tokens=24,
+        )
+        return completion.choices[0].message.content or ""
+
+    first = sample(1234)
+    assert first
+    assert sample(1234) == first
+
+
+def test_stream_matches_the_non_streamed_answer(sdk: openai.OpenAI) -> None:
+    whole = sdk.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0)
+    chunks = list(
+        sdk.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_stop_string_ends_the_answer_and_is_not_returned(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=FRANCE, temperature=0, stop=["Paris"]
+    )
+
+    content = completion.choices[0].message.content or ""
+    assert "Paris" not in content
+    assert content.startswith("The capital of France")
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_max_tokens_gives_length(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=FRANCE, temperature=0, max_completion_tokens=3
+    )
+
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 3
+
+
+def test_n_runs_separate_sequences(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=FRANCE, n=2, max_tokens=8, seed=3
+    )
+
+    assert [c.index for c in completion.choices] == [0, 1]
+    assert all(c.message.content for c in completion.choices)
+
+
+def test_json_schema_output_parses_and_matches(sdk: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    completion = sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe a cat with its name and age."}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "cat", "schema": schema, "strict": True},
+        },
+        max_tokens=60,
+        seed=5,
+    )
+
+    assert completion.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(completion.choices[0].message.content or ""), schema)
+
+
+def test_json_object_output_parses(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Give me a JSON object about a dog."}],
+        response_format={"type": "json_object"},
+        max_tokens=60,
+        seed=8,
+    )
+
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(completion.choices[0].message.content or ""), dict)
+
+
+def test_logprobs(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=FRANCE, temperature=0, logprobs=True, top_logprobs=3, max_tokens=4
+    )
+
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content is not None
+    assert len(logprobs.content) == 4
+    for entry in logprobs.content:
+        assert entry.logprob <= 0
+        assert len(entry.top_logprobs) == 3
+        ranked = [alt.logprob for alt in entry.top_logprobs]
+        assert ranked == sorted(ranked, reverse=True)
+        # Greedy decoding picks the most likely token.
+        assert entry.token == entry.top_logprobs[0].token
+
+
+@pytest.mark.parametrize("streams", [2, 4])
+@pytest.mark.anyio
+async def test_overlapping_streams_all_complete(llama_server: LiveServer, streams: int) -> None:
+    client = openai.AsyncOpenAI(
+        base_url=f"{llama_server.base_url}/v1", api_key="unused", max_retries=0
+    )
+    questions = ["Tell me about dogs.", "What is 2+2?", "Who wrote Hamlet?", "Describe a river."]
+    first_content: list[float] = []
+    finished: list[float] = []
+
+    async def one(question: str) -> tuple[str, str | None]:
+        stream = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": question}],
+            stream=True,
+            max_tokens=40,
+            seed=11,
+        )
+        text: list[str] = []
+        reason: str | None = None
+        async for chunk in stream:
+            choice = chunk.choices[0]
+            if choice.delta.content:
+                if not text:
+                    first_content.append(time.monotonic())
+                text.append(choice.delta.content)
+            reason = choice.finish_reason or reason
+        finished.append(time.monotonic())
+        return "".join(text), reason
+
+    results = await asyncio.gather(*(one(q) for q in questions[:streams]))
+    await client.close()
+
+    assert all(text for text, _ in results)
+    assert all(reason in ("stop", "length") for _, reason in results)
+    # Every stream was under way before any finished: they ran together, not in turn.
+    assert len(first_content) == streams
+    assert max(first_content) < min(finished)
+
+
+def test_full_slots_and_queue_answer_503(sdk: openai.OpenAI, llama_server: LiveServer) -> None:
+    long_story: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Tell me a very long story."}
+    ]
+    with httpx.stream(
+        "POST",
+        f"{llama_server.base_url}/v1/chat/completions",
+        json={"model": "tiny-slot", "messages": long_story, "stream": True, "max_tokens": 60},
+    ) as busy:
+        next(busy.iter_lines())  # the only sequence is now taken
+        with pytest.raises(openai.InternalServerError) as caught:
+            sdk.chat.completions.create(model="tiny-slot", messages=FRANCE)
+
+    assert caught.value.status_code == 503
+    assert caught.value.code == "server_overloaded"
+    assert caught.value.response.headers["retry-after"] == "1"
+
+
+def test_prompt_longer_than_the_context_is_400(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(
+            model="tiny-slot", messages=[{"role": "user", "content": "word " * 200}]
+        )
+
+    assert caught.value.code == "context_length_exceeded"
+    assert "128" in caught.value.message
+
+
+def test_prompt_plus_max_tokens_over_the_context_is_400(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model="tiny-slot", messages=FRANCE, max_tokens=120)
+
+    assert caught.value.code == "context_length_exceeded"
+
+
+def test_tools_are_refused_not_dropped(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE,
+            tools=[{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+        )
+
+    assert caught.value.param == "tools"
+
+
+def test_bad_schema_and_bias_are_400(sdk: openai.OpenAI) -> None:
+    bad: list[dict[str, Any]] = [
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+        {"response_format": {"type": "yaml"}},
+        {"logit_bias": {"not-a-token": 5}},
+    ]
+    for extra in bad:
+        with pytest.raises(openai.BadRequestError):
+            sdk.chat.completions.create(model=MODEL, messages=FRANCE, **extra)
+
+
+def test_disconnect_cancels_the_sequence(start_server: ServerFactory, tmp_path: Path) -> None:
+    log_file = tmp_path / "api.log"
+    server = start_server(bundled_model=True, log_file=log_file)
+
+    with httpx.stream(
+        "POST",
+        f"{server.base_url}/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Write a long essay about the sea."}],
+            "stream": True,
+            "max_tokens": 1000,
+            "stop": ["\u2603"],
+        },
+    ) as response:
+        lines = response.iter_lines()
+        for _ in range(4):
+            next(lines)
+
+    deadline = time.monotonic() + 10
+    cancelled: list[dict[str, Any]] = []
+    while not cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+        records = [json.loads(line) for line in log_file.read_text().splitlines()]
+        cancelled = [r for r in records if r["message"] == "sequence cancelled"]
+    assert cancelled, "the engine never dropped the sequence"
+    assert cancelled[0]["completion_tokens"] < 100

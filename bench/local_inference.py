@@ -1,0 +1,249 @@
+"""Local inference: our llama.cpp engine against llama-cpp-python's own OpenAI server.
+
+Both serve the same GGUF (the bundled Gemma 3 270M) with the same thread count. Every request
+streams a chat completion of exactly ``--tokens`` tokens: end-of-turn tokens and the newline
+are biased away (``logit_bias``, which both servers honour), so neither server's stop strings
+end a stream early. Measured, in one run:
+
+* one stream at a time: time to first token and decode tokens/s (after the first token);
+* 1, 2, 4 and 8 concurrent streams: aggregate tokens/s, and the slowest stream's time to first
+  token, which shows whether every stream makes progress from the start.
+
+llama-cpp-python's server needs its ``server`` extra, which ``make bench`` installs into the
+virtualenv for the benchmark only (``make install`` removes it again). It runs with
+``--interrupt_requests False``: by default it cuts a running stream off when the next request
+arrives, which would leave nothing to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import llama_cpp
+
+from bench.harness import free_port
+from chatbot_api.providers.llama.bundled import prepare_bundled_model
+from chatbot_api.providers.llama.native_log import route_native_logs
+from chatbot_api.providers.llama.sampling import token_piece
+
+PROMPT = "Write a long story about a lighthouse keeper and the sea."
+LEVELS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Stream:
+    first_token_s: float
+    total_s: float
+    tokens: int
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return (self.tokens - 1) / max(self.total_s - self.first_token_s, 1e-9)
+
+
+def _suppressed_tokens(gguf: Path) -> dict[str, float]:
+    """End-of-turn tokens and every token holding a newline, biased to -100: no stream can
+    reach an end of turn or either server's stop strings, so every one runs its full length."""
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    banned = {
+        token
+        for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+        if llama_cpp.llama_vocab_is_eog(vocab, token) or b"\n" in token_piece(vocab, token)
+    }
+    llama_cpp.llama_model_free(model)
+    return {str(token): -100.0 for token in sorted(banned)}
+
+
+_counter = iter(range(1_000_000))
+
+
+async def _one(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> Stream:
+    # A prompt of its own for every request: neither server may answer from a cached prefix.
+    unique = f"Story number {next(_counter)}. {PROMPT}"
+    body = {**body, "messages": [{"role": "user", "content": unique}]}
+    started = time.perf_counter()
+    first = 0.0
+    tokens = 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"])
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                tokens += 1
+                if not first:
+                    first = time.perf_counter() - started
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return Stream(first, time.perf_counter() - started, tokens)
+
+
+async def _measure(
+    base: str, model: str, max_tokens: int, bias: dict[str, float]
+) -> dict[str, object]:
+    url = f"{base}/v1/chat/completions"
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "seed": 1,
+        "logit_bias": bias,
+    }
+    results: dict[str, object] = {}
+    async with httpx.AsyncClient(timeout=600) as client:
+        await _one(client, url, {**body, "max_tokens": 8})  # warm-up
+        singles = [await _one(client, url, body) for _ in range(3)]
+        results["ttft_ms"] = statistics.median(s.first_token_s for s in singles) * 1000
+        results["single_tps"] = statistics.median(s.decode_tokens_per_s for s in singles)
+        for level in LEVELS:
+            started = time.perf_counter()
+            streams = await asyncio.gather(*(_one(client, url, body) for _ in range(level)))
+            wall = time.perf_counter() - started
+            results[f"agg_{level}"] = sum(s.tokens for s in streams) / wall
+            results[f"worst_ttft_{level}"] = max(s.first_token_s for s in streams) * 1000
+            results[f"tokens_{level}"] = [s.tokens for s in streams]
+    return results
+
+
+async def _wait_ready(base: str, process: asyncio.subprocess.Process) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(600):
+            if process.returncode is not None:
+                raise RuntimeError("server exited during start-up")
+            try:
+                if (await client.get(f"{base}/v1/models")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+async def _run(
+    command: list[str],
+    port: int,
+    env: dict[str, str],
+    model: str,
+    tokens: int,
+    bias: dict[str, float],
+) -> dict[str, object]:
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await _wait_ready(base, process)
+        return await _measure(base, model, tokens, bias)
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per stream")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+
+    route_native_logs()
+    gguf = prepare_bundled_model(Path("data"), show_progress=True).resolve()
+    bias = _suppressed_tokens(gguf)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
+    with tempfile.TemporaryDirectory() as scratch:
+        models = Path(scratch) / "models.toml"
+        models.write_text(
+            f'[models.bench]\nprovider = "llama_cpp"\npath = "{gguf}"\nthreads = {args.threads}\n'
+            f"parallel = 8\ncontext_size = 512\n"
+        )
+        port = free_port()
+        ours = asyncio.run(
+            _run(
+                [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port)],
+                port,
+                {
+                    **env,
+                    "CHATBOT_MODELS_FILE": str(models),
+                    "CHATBOT_BUNDLED_MODEL": "false",
+                    "CHATBOT_LOG_LEVEL": "WARNING",
+                },
+                "bench",
+                args.tokens,
+                bias,
+            )
+        )
+    port = free_port()
+    theirs = asyncio.run(
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(gguf),
+                "--model_alias",
+                "bench",
+                "--n_threads",
+                str(args.threads),
+                "--n_threads_batch",
+                str(args.threads),
+                "--n_ctx",
+                "2048",
+                "--port",
+                str(port),
+                "--interrupt_requests",
+                "False",
+            ],
+            port,
+            env,
+            "bench",
+            args.tokens,
+            bias,
+        )
+    )
+    _report(ours, theirs, args.tokens, args.threads, gguf)
+
+
+def _report(
+    ours: dict[str, object], theirs: dict[str, object], tokens: int, threads: int, gguf: Path
+) -> None:
+    def f(value: object) -> float:
+        assert isinstance(value, float)
+        return value
+
+    print(
+        f"model: {gguf.name}; {threads} threads; {tokens} tokens per stream; "
+        f"llama-cpp-python {llama_cpp.__version__}\n"
+    )
+    print(f"{'measure':<34} {'ours':>10} {'llama_cpp.server':>17} {'ratio':>7}")
+    rows = [("single stream decode tokens/s", "single_tps"), ("single stream TTFT ms", "ttft_ms")]
+    rows += [(f"aggregate tokens/s, {n} streams", f"agg_{n}") for n in LEVELS]
+    rows += [(f"slowest TTFT ms, {n} streams", f"worst_ttft_{n}") for n in LEVELS]
+    for label, key in rows:
+        a, b = f(ours[key]), f(theirs[key])
+        print(f"{label:<34} {a:>10.1f} {b:>17.1f} {a / b:>7.2f}")
+    print()
+    print("targets: single-stream tokens/s ratio >= 0.95; aggregate at 4 streams ratio >= 1.5")
+    print(f"tokens per stream at 8 streams: ours {ours['tokens_8']}, theirs {theirs['tokens_8']}")
+
+
+if __name__ == "__main__":
+    main()

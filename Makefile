@@ -30,10 +30,11 @@ install: $(VENV)/.installed ## Create .venv and install the app with its dev too
 run: install ## Serve the API on 127.0.0.1:8000 with the embedded defaults
 	$(BIN)/chatbot-api serve
 
-lint: install ## ruff (lint and format check) and mypy --strict
+lint: install ## ruff (lint and format check), mypy --strict, bandit (medium severity and up)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/bandit --quiet --recursive --severity-level medium src
 
 format: install ## Rewrite the code in the house style
 	$(BIN)/ruff check --fix .

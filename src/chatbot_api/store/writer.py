@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from chatbot_api.db.engine import Database
@@ -52,9 +53,11 @@ _COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
 )
-_SQLITE_INSERT = (
-    f"INSERT INTO {StoredCompletion.__tablename__} ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+# SQLAlchemy writes the statement (qmark placeholders) once; the driver runs it per batch.
+_SQLITE_INSERT = str(
+    insert(StoredCompletion)
+    .values({name: bindparam(name) for name in _COLUMNS})
+    .compile(dialect=sqlite.dialect())
 )
 
 

@@ -12,7 +12,7 @@ import pytest
 from chatbot_api.app import create_app
 from chatbot_api.config import Settings
 from tests.providers import TEST_PROVIDER_KINDS
-from tests.servers import LiveServer
+from tests.servers import AnyServer, LiveServer
 
 MODELS_TOML = """
 [models."echo-slow"]
@@ -40,6 +40,10 @@ def make_settings(**overrides: Any) -> Settings:
     The bundled model is left out unless a test asks for it: most tests need only ``echo``.
     """
     overrides.setdefault("bundled_model", False)
+    # The shared servers take far more requests a minute from 127.0.0.1 than any one client
+    # of a deployment would; the rate-limit tests set the limits they exercise.
+    overrides.setdefault("rate_limit_rpm", 0)
+    overrides.setdefault("rate_limit_tpm", 0)
     return Settings(_env_file=None, **overrides)
 
 
@@ -57,6 +61,23 @@ def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ServerFactory = Callable[..., LiveServer]
+SdkFactory = Callable[..., openai.OpenAI]
+
+
+@pytest.fixture
+def sdk() -> Iterator[SdkFactory]:
+    """``sdk(server, key, **options)``: an openai client for ``server``, closed after the test."""
+    clients: list[openai.OpenAI] = []
+
+    def make(server: AnyServer, key: str, **options: Any) -> openai.OpenAI:
+        options.setdefault("max_retries", 0)
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture

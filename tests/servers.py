@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["LiveServer", "clean_env", "free_port"]
+__all__ = ["AnyServer", "LiveServer", "ServerProcess", "clean_env", "free_port"]
 
 
 def free_port() -> int:
@@ -60,3 +65,76 @@ class LiveServer:
         self._server.should_exit = True
         self._thread.join(timeout=15)
         self._socket.close()
+
+
+class ServerProcess:
+    """``chatbot-api serve`` in a process of its own, as an operator runs it.
+
+    Its combined output goes to ``output``; leaving the block sends SIGTERM and waits, and
+    ``returncode`` tells how it ended.
+    """
+
+    def __init__(self, env: dict[str, str], output: Path, *args: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.output = output
+        self._command = [
+            sys.executable,
+            "-m",
+            "chatbot_api",
+            "serve",
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        self._env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    def __enter__(self) -> ServerProcess:
+        with self.output.open("w") as sink:
+            self.process = subprocess.Popen(
+                self._command, env=self._env, stdout=sink, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{self.base_url}/health")
+                return self
+            except httpx.TransportError:
+                if self.running and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+            self.stop()
+            raise RuntimeError(f"the server did not start:\n{self.output.read_text()}")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.terminate()
+        try:
+            self.returncode = self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.returncode = self.process.wait()
+        return self.returncode
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+#: Either kind of test server: both answer at ``base_url``.
+AnyServer = LiveServer | ServerProcess

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,38 +12,9 @@ import openai
 import pytest
 
 from chatbot_api.cli import main
-from tests.conftest import ServerFactory
+from tests.clients import HELLO, MASTER, make_key
+from tests.conftest import SdkFactory, ServerFactory
 from tests.servers import LiveServer, clean_env
-
-MASTER = "sk-master-for-tests-0123456789"
-HELLO: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-
-
-_clients: list[openai.OpenAI] = []
-
-
-def _sdk(server: LiveServer, key: str) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
-def _make_key(server: LiveServer, **body: object) -> dict[str, object]:
-    response = httpx.post(
-        f"{server.base_url}/admin/keys",
-        headers={"Authorization": f"Bearer {MASTER}"},
-        json={"name": "test", **body},
-    )
-    assert response.status_code == 201, response.text
-    created: dict[str, object] = response.json()
-    return created
 
 
 @pytest.fixture
@@ -60,10 +30,10 @@ def test_no_key_is_401_with_a_challenge(secured: LiveServer) -> None:
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_wrong_key_is_401_and_not_echoed(secured: LiveServer) -> None:
+def test_wrong_key_is_401_and_not_echoed(secured: LiveServer, sdk: SdkFactory) -> None:
     wrong = "sk-cb-0123456789abWRONGWRONGWRONGWRONGWRONGWRONG"
     with pytest.raises(openai.AuthenticationError) as caught:
-        _sdk(secured, wrong).chat.completions.create(model="echo", messages=HELLO)
+        sdk(secured, wrong).chat.completions.create(model="echo", messages=HELLO)
 
     assert caught.value.status_code == 401
     assert caught.value.code == "invalid_api_key"
@@ -74,10 +44,12 @@ def test_health_stays_public(secured: LiveServer) -> None:
     assert httpx.get(f"{secured.base_url}/health").status_code == 200
 
 
-def test_a_made_key_works_and_revoking_it_stops_it_at_once(secured: LiveServer) -> None:
-    made = _make_key(secured)
+def test_a_made_key_works_and_revoking_it_stops_it_at_once(
+    secured: LiveServer, sdk: SdkFactory
+) -> None:
+    made = make_key(secured)
     key = str(made["key"])
-    client = _sdk(secured, key)
+    client = sdk(secured, key)
 
     assert client.chat.completions.create(model="echo", messages=HELLO).choices
     listed = httpx.get(
@@ -94,9 +66,9 @@ def test_a_made_key_works_and_revoking_it_stops_it_at_once(secured: LiveServer) 
         client.chat.completions.create(model="echo", messages=HELLO)
 
 
-def test_an_expired_key_is_refused(secured: LiveServer) -> None:
-    key = str(_make_key(secured, expires_in="1s")["key"])
-    client = _sdk(secured, key)
+def test_an_expired_key_is_refused(secured: LiveServer, sdk: SdkFactory) -> None:
+    key = str(make_key(secured, expires_in="1s")["key"])
+    client = sdk(secured, key)
     client.models.list()
 
     time.sleep(2.1)
@@ -105,8 +77,8 @@ def test_an_expired_key_is_refused(secured: LiveServer) -> None:
         client.models.list()
 
 
-def test_a_key_sees_only_its_models(secured: LiveServer) -> None:
-    client = _sdk(secured, str(_make_key(secured, models=["echo"])["key"]))
+def test_a_key_sees_only_its_models(secured: LiveServer, sdk: SdkFactory) -> None:
+    client = sdk(secured, str(make_key(secured, models=["echo"])["key"]))
 
     assert [m.id for m in client.models.list()] == ["echo"]
     with pytest.raises(openai.NotFoundError) as caught:
@@ -116,8 +88,8 @@ def test_a_key_sees_only_its_models(secured: LiveServer) -> None:
         client.chat.completions.create(model="echo-slow", messages=HELLO)
 
 
-def test_admin_routes_need_the_master_key(secured: LiveServer) -> None:
-    key = str(_make_key(secured)["key"])
+def test_admin_routes_need_the_master_key(secured: LiveServer, sdk: SdkFactory) -> None:
+    key = str(make_key(secured)["key"])
 
     response = httpx.get(
         f"{secured.base_url}/admin/keys", headers={"Authorization": f"Bearer {key}"}
@@ -126,12 +98,12 @@ def test_admin_routes_need_the_master_key(secured: LiveServer) -> None:
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "permission_denied"
     with pytest.raises(openai.PermissionDeniedError):
-        _sdk(secured, key).get("/../admin/keys", cast_to=object)
+        sdk(secured, key).get("/../admin/keys", cast_to=object)
 
 
-def test_stored_completions_belong_to_their_key(secured: LiveServer) -> None:
-    alice = _sdk(secured, str(_make_key(secured)["key"]))
-    bob = _sdk(secured, str(_make_key(secured)["key"]))
+def test_stored_completions_belong_to_their_key(secured: LiveServer, sdk: SdkFactory) -> None:
+    alice = sdk(secured, str(make_key(secured)["key"]))
+    bob = sdk(secured, str(make_key(secured)["key"]))
     kept = alice.chat.completions.create(model="echo", messages=HELLO, store=True)
 
     assert alice.chat.completions.retrieve(kept.id).id == kept.id

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from chatbot_api.cli import main
-from tests.servers import clean_env, free_port
+from tests.servers import ServerProcess, clean_env
 
 
 def test_models_lists_built_in_and_configured(
@@ -56,32 +52,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_serve_in_its_own_process_answers_and_stops_on_sigterm(
     tmp_path: Path, data_dir: Path, workers: str
 ) -> None:
-    port = free_port()
     log_file = tmp_path / "server.log"
-    output = (tmp_path / "output.txt").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port), "--workers", workers],
-        env=clean_env(CHATBOT_LOG_FILE=str(log_file), CHATBOT_DATA_DIR=str(data_dir)),
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/health")
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, (tmp_path / "output.txt").read_text()
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
-        assert response.json() == {"status": "ok"}
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+    env = clean_env(CHATBOT_LOG_FILE=str(log_file), CHATBOT_DATA_DIR=str(data_dir))
+    with ServerProcess(env, tmp_path / "output.txt", "--workers", workers) as server:
+        assert httpx.get(f"{server.base_url}/health").json() == {"status": "ok"}
+        models = httpx.get(f"{server.base_url}/v1/models").json()
         # With no models file: the built-in echo and the bundled model, prepared on first start.
         assert [m["id"] for m in models["data"]] == ["echo", "gemma-3-270m"]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-        output.close()
-    assert process.returncode == 0, (tmp_path / "output.txt").read_text()
+    assert server.returncode == 0, server.output.read_text()
     assert "chatbot_api" in log_file.read_text()

@@ -29,7 +29,15 @@ def test_env_example_documents_every_setting_with_its_default() -> None:
     for name in Settings.model_fields:
         default = getattr(defaults, name)
         shown = documented[f"CHATBOT_{name.upper()}"]
-        assert shown == ("" if default is None else str(default)), name
+        assert shown == _as_written(default), name
+
+
+def _as_written(default: object) -> str:
+    if default is None:
+        return ""
+    if isinstance(default, list):
+        return ",".join(default)
+    return str(default)
 
 
 def test_environment_and_dotenv_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,6 +49,12 @@ def test_environment_and_dotenv_are_read(tmp_path: Path, monkeypatch: pytest.Mon
 
     assert settings.port == 9002  # the environment wins over the file
     assert settings.log_format == "console"
+
+
+def test_cors_origins_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATBOT_CORS_ORIGINS", "https://a.example, https://b.example")
+
+    assert Settings(_env_file=None).cors_origins == ["https://a.example", "https://b.example"]
 
 
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

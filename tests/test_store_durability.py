@@ -4,8 +4,6 @@ pending, and rows of another owner that stay invisible."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ServerFactory
-from tests.servers import clean_env, free_port
+from tests.servers import ServerProcess, clean_env
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "keep this"}], "store": True}
 
@@ -100,7 +98,6 @@ def test_another_owners_rows_are_invisible(start_server: ServerFactory, tmp_path
 
 def test_sigterm_with_writes_pending_loses_none(tmp_path: Path, data_dir: Path) -> None:
     database = tmp_path / "pending.db"
-    port = free_port()
     env = clean_env(
         CHATBOT_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
         CHATBOT_DATABASE_BUSY_TIMEOUT_MS="50",
@@ -113,41 +110,22 @@ def test_sigterm_with_writes_pending_loses_none(tmp_path: Path, data_dir: Path) 
         check=True,
         capture_output=True,
     )
-    output = (tmp_path / "output.txt").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port)],
-        env=env,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/health")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, (tmp_path / "output.txt").read_text()
-                time.sleep(0.1)
+    with ServerProcess(env, tmp_path / "output.txt") as server:
+        base = server.base_url
         blocker = sqlite3.connect(database, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         acknowledged = [
             httpx.post(f"{base}/v1/chat/completions", json=CHAT).json()["id"] for _ in range(25)
         ]
-        os.kill(process.pid, signal.SIGTERM)
+        server.terminate()
         time.sleep(1.0)  # the server is shutting down, its writes still blocked
-        assert process.poll() is None, "the server exited with writes pending"
+        assert server.running, "the server exited with writes pending"
         blocker.execute("COMMIT")
         blocker.close()
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        output.close()
+    assert server.returncode == 0
 
     assert sorted(row[0] for row in _rows(database)) == sorted(acknowledged)
-    assert "flushing stored completions" in (tmp_path / "output.txt").read_text()
+    assert "flushing stored completions" in server.output.read_text()
 
 
 def test_a_change_while_the_database_is_locked_is_503(

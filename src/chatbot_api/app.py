@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from chatbot_api import __version__
 from chatbot_api.api import admin, chat, health, models, stored
@@ -24,7 +25,9 @@ from chatbot_api.providers.registry import (
     load_model_specs,
 )
 from chatbot_api.security.auth import Authenticator
+from chatbot_api.security.hardening import HardeningMiddleware
 from chatbot_api.security.keys import KeyStore
+from chatbot_api.security.rate_limit import RateLimiter
 from chatbot_api.services.chat import ChatService
 from chatbot_api.state import AppServices
 from chatbot_api.store.completions import CompletionStore
@@ -33,6 +36,18 @@ from chatbot_api.store.writer import StoreWriter
 __all__ = ["create_app", "create_app_from_env"]
 
 logger = logging.getLogger(__name__)
+
+#: Response headers a browser client may read across origins.
+EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "Retry-After",
+    "retry-after-ms",
+    *(
+        f"x-ratelimit-{part}-{kind}"
+        for kind in ("requests", "tokens")
+        for part in ("limit", "remaining", "reset")
+    ),
+]
 
 _DESCRIPTION = """
 A self-hosted chatbot API that speaks the OpenAI Chat Completions protocol: point any OpenAI
@@ -82,7 +97,14 @@ def create_app(
             specs = load_model_specs(settings, provider_kinds)
             registry = await ModelRegistry.open(specs, settings, provider_kinds)
             resources.push_async_callback(registry.aclose)
-            chat_service = ChatService(registry, store, store_by_default=settings.store_by_default)
+            limiter = RateLimiter.from_settings(settings)
+            resources.push_async_callback(limiter.aclose)
+            chat_service = ChatService(
+                registry,
+                store,
+                store_by_default=settings.store_by_default,
+                reserve_tokens=settings.rate_limit_reserve_tokens,
+            )
             app.state.services = AppServices(
                 settings=settings,
                 registry=registry,
@@ -92,6 +114,7 @@ def create_app(
                 store=store,
                 keys=keys,
                 auth=auth,
+                limiter=limiter,
             )
             logger.info("serving models", extra={"models": [spec.id for spec in registry]})
             yield
@@ -114,6 +137,18 @@ def create_app(
     app.include_router(chat.router, dependencies=secured)
     app.include_router(stored.router, dependencies=secured)
     app.include_router(admin.router, dependencies=secured)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            # Any header: the openai SDKs send their own (x-stainless-*); Starlette echoes the
+            # preflight's list, which, unlike a literal `*`, also covers Authorization.
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+        )
+    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Outermost, so that every answer, refusals by the layers above included, has an id.
     app.add_middleware(RequestContextMiddleware)
     return app
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
 
@@ -38,6 +38,49 @@ class Settings(BaseSettings):
             "neither the API is open, which `serve` allows on loopback only. `disabled`: "
             "always open, on any address."
         ),
+    )
+
+    rate_limit_rpm: int = Field(
+        default=600,
+        ge=0,
+        description="Requests per minute per API key (per client address when open); 0: none.",
+    )
+    rate_limit_tpm: int = Field(
+        default=200_000,
+        ge=0,
+        description=(
+            "Tokens per minute per API key (per client address when open); 0: none. A key's "
+            "own `rpm`/`tpm` override these."
+        ),
+    )
+    rate_limit_reserve_tokens: int = Field(
+        default=1024,
+        ge=0,
+        description=(
+            "Completion tokens reserved for a request that sets no maximum, when its model "
+            "has no default generation length either."
+        ),
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Redis for rate-limit counters shared by every worker and replica "
+            "(`redis://host:6379/0`). Unset: counters live in each process."
+        ),
+    )
+    auth_failures_per_minute: int = Field(
+        default=20,
+        ge=0,
+        description="Failed authentications a client address may make per minute; 0: no limit.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins browsers may call the API from, comma-separated; `*` for any.",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted; larger ones get 413.",
     )
 
     log_level: LogLevel = "INFO"
@@ -85,3 +128,10 @@ class Settings(BaseSettings):
         ge=0,
         description="Interval of SSE keep-alive comments on idle streams; 0 turns them off.",
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value

@@ -9,6 +9,8 @@
     ├── NotFoundError                       404   invalid_request_error
     │   └── ModelNotFoundError              404   invalid_request_error (code model_not_found)
     ├── MethodNotAllowedError               405   invalid_request_error
+    ├── RequestTooLargeError                413   invalid_request_error (code request_too_large)
+    ├── RateLimitError                      429   requests / tokens (code rate_limit_exceeded)
     ├── InternalServerError                 500   server_error
     ├── ServerOverloadedError               503   server_error (code server_overloaded)
     └── DatabaseUnavailableError            503   server_error (code database_unavailable)
@@ -20,8 +22,9 @@ errors and Starlette's HTTP errors onto ``{"error": {"message", "type", "param",
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +44,8 @@ __all__ = [
     "ModelNotFoundError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTooLargeError",
     "ServerOverloadedError",
     "UnsupportedParameterError",
     "error_response",
@@ -132,6 +137,46 @@ class MethodNotAllowedError(ChatbotAPIError):
     status_code = 405
     error_type = "invalid_request_error"
     default_code = "method_not_allowed"
+
+
+class RequestTooLargeError(ChatbotAPIError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The request body is larger than this server accepts (see CHATBOT_MAX_BODY_BYTES)."
+        )
+
+
+class RateLimitError(ChatbotAPIError):
+    """Over a per-minute limit. ``Retry-After`` and ``retry-after-ms`` say when to come back;
+    the openai SDKs wait that long before their automatic retry."""
+
+    status_code = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        limit: Literal["requests", "tokens"] = "requests",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.error_type = limit  # OpenAI names the exhausted limit in `type`
+        super().__init__(
+            message,
+            code=code,
+            headers={
+                **(headers or {}),
+                "Retry-After": str(max(1, math.ceil(retry_after))),
+                "retry-after-ms": str(max(1, math.ceil(retry_after * 1000))),
+            },
+        )
 
 
 class InternalServerError(ChatbotAPIError):
@@ -265,6 +310,8 @@ async def _handle_http_error(request: Request, exc: Exception) -> JSONResponse:
         error = NotFoundError(
             f"Invalid URL ({request.method} {request.url.path})", code="unknown_url"
         )
+    elif exc.status_code == 413:
+        error = RequestTooLargeError()
     elif exc.status_code == 405:
         error = MethodNotAllowedError(
             f"Method {request.method} is not allowed for {request.url.path}.",

@@ -9,6 +9,7 @@ from chatbot_api.db.engine import Database
 from chatbot_api.providers.registry import ModelRegistry
 from chatbot_api.security.auth import Authenticator
 from chatbot_api.security.keys import KeyStore
+from chatbot_api.security.rate_limit import RateLimiter
 from chatbot_api.services.chat import ChatService
 from chatbot_api.store.completions import CompletionStore
 from chatbot_api.store.writer import StoreWriter
@@ -26,3 +27,4 @@ class AppServices:
     store: CompletionStore
     keys: KeyStore
     auth: Authenticator
+    limiter: RateLimiter

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
-from chatbot_api.api.deps import ServicesDep
+from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address
 from chatbot_api.api.responses import error_responses
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletion
+from chatbot_api.security.rate_limit import settle_after, used_tokens
 
 __all__ = ["router"]
 
@@ -39,13 +40,33 @@ _STREAM_DOC = {
     "/chat/completions",
     summary="Create a chat completion",
     response_model=ChatCompletion,
-    responses={200: _STREAM_DOC, **error_responses(400, 404, 500)},
+    responses={200: _STREAM_DOC, **error_responses(400, 401, 404, 429, 500, 503)},
 )
-async def create_chat_completion(body: ChatCompletionRequest, services: ServicesDep) -> Response:
-    """OpenAI's chat completion: a `chat.completion` object, or a stream of chunks."""
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    """OpenAI's chat completion: a `chat.completion` object, or a stream of chunks.
+
+    The answer carries OpenAI's `x-ratelimit-*` headers for the caller's requests and tokens
+    per minute; the tokens are reserved up front (prompt plus maximum) and settled after.
+    """
     chat = services.chat
     prepared = chat.prepare(body)
-    if body.stream:
-        stream = await chat.open_stream(prepared)
-        return EventSourceResponse(stream, sep="\n", ping=services.settings.sse_ping_seconds)
-    return Response(await chat.complete(prepared), media_type="application/json")
+    quota = await services.limiter.admit(
+        principal, client_address(request), tokens=prepared.reserved_tokens
+    )
+    try:
+        if body.stream:
+            stream = await chat.open_stream(prepared)
+            return EventSourceResponse(
+                settle_after(stream, quota),
+                sep="\n",
+                ping=services.settings.sse_ping_seconds,
+                headers=quota.headers,
+            )
+        content = await chat.complete(prepared)
+    except Exception:
+        await quota.settle(0)  # refused before generating: nothing was used
+        raise
+    await quota.settle(used_tokens())
+    return Response(content, media_type="application/json", headers=quota.headers)

@@ -12,10 +12,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from chatbot_api.context import current_request
+from chatbot_api.errors import AuthenticationError
 from chatbot_api.security.auth import Principal
 from chatbot_api.state import AppServices
 
-__all__ = ["PrincipalDep", "ServicesDep", "authenticate"]
+__all__ = ["PrincipalDep", "ServicesDep", "authenticate", "client_address"]
 
 
 async def get_services(request: Request) -> AppServices:
@@ -27,9 +28,24 @@ async def get_services(request: Request) -> AppServices:
 ServicesDep = Annotated[AppServices, Depends(get_services)]
 
 
+def client_address(request: Request) -> str:
+    """The caller's address (the proxy's, unless uvicorn is told to trust its headers)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 async def authenticate(request: Request, services: ServicesDep) -> Principal:
-    """Who is calling; 401 when authentication is on and the key is missing or wrong."""
-    principal = await services.auth.authenticate(request.headers.get("authorization"))
+    """Who is calling; 401 when authentication is on and the key is missing or wrong.
+
+    An address that keeps failing gets 429 for the rest of the minute, so guessing keys (or
+    flooding the key lookup) costs the guesser, not the server.
+    """
+    address = client_address(request)
+    await services.limiter.refuse_if_failing_auth(address)
+    try:
+        principal = await services.auth.authenticate(request.headers.get("authorization"))
+    except AuthenticationError:
+        await services.limiter.count_auth_failure(address)
+        raise
     context = current_request()
     if context is not None:
         context.principal = principal

@@ -13,8 +13,14 @@ __all__ = ["drop_validation_422", "error_responses"]
 
 _DESCRIPTIONS = {
     400: "Invalid request: a field is missing, malformed or out of range (`param` names it).",
+    401: "Missing or invalid API key (`invalid_api_key`).",
     404: "Unknown model (`model_not_found`) or URL.",
+    429: (
+        "Over the caller's requests or tokens per minute (`rate_limit_exceeded`); "
+        "`Retry-After` and `retry-after-ms` say when to retry."
+    ),
     500: "Unexpected failure; the message carries the request id.",
+    503: "No capacity right now (`server_overloaded`); `Retry-After` says when to retry.",
 }
 
 

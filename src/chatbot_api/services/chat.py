@@ -4,6 +4,7 @@ and hand what the client asked to keep to the store."""
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -50,6 +51,8 @@ class PreparedChat:
     generations: tuple[GenerationRequest, ...]
     n: int
     store: bool
+    #: Tokens the rate limiter holds back until real usage is known.
+    reserved_tokens: int
 
     @property
     def include_usage(self) -> bool:
@@ -62,11 +65,17 @@ class PreparedChat:
 
 class ChatService:
     def __init__(
-        self, registry: ModelRegistry, store: CompletionStore, *, store_by_default: bool = False
+        self,
+        registry: ModelRegistry,
+        store: CompletionStore,
+        *,
+        store_by_default: bool = False,
+        reserve_tokens: int = 1024,
     ) -> None:
         self._registry = registry
         self._store = store
         self._store_by_default = store_by_default
+        self._reserve_tokens = reserve_tokens
 
     def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         """Everything that can fail before a response starts fails here, as a proper status."""
@@ -94,7 +103,15 @@ class ChatService:
             generations=generations,
             n=n,
             store=self._store_by_default if request.store is None else request.store,
+            reserved_tokens=self._reservation(model.spec, generations[0], n),
         )
+
+    def _reservation(self, spec: ModelSpec, generation: GenerationRequest, n: int) -> int:
+        """The prompt's size estimated as OpenAI's limiter does (four characters a token),
+        plus the most each choice may generate."""
+        characters = sum(len(message.text) for message in generation.messages)
+        most = generation.max_tokens or getattr(spec.config, "max_tokens", None)
+        return math.ceil(characters / 4) + n * (most or self._reserve_tokens)
 
     async def complete(self, chat: PreparedChat) -> str:
         """The ``chat.completion`` as JSON text, queued for the store when asked."""

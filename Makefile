@@ -47,6 +47,7 @@ bench: install ## Every benchmark in bench/, each against its baseline (needs wr
 	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk" >&2; exit 1; }
 	$(BIN)/python -m bench.chat_overhead
 	$(BIN)/python -m bench.store_overhead
+	$(BIN)/python -m bench.security_overhead
 	@# llama-cpp-python's own server is the baseline; its extra is for the benchmark only.
 	$(BIN)/pip install --quiet --disable-pip-version-check \
 		"llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.harness import LUA, Result, free_port, server, wrk
+from bench.harness import Result, bench_env, free_port, lua, server, wrk
 
 BODY = (
     '{"model": "echo", "messages": [{"role": "system", "content": "You are terse."}, '
@@ -37,11 +37,11 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
+    env = bench_env()
     uvicorn_flags = ["--log-level", "warning", "--no-access-log", "--no-server-header"]
     with tempfile.TemporaryDirectory() as scratch:
         script = Path(scratch) / "post.lua"
-        script.write_text(LUA % BODY)
+        script.write_text(lua(BODY))
         port = free_port()
         ours_cmd = [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port)]
         with server(ours_cmd, port, env) as url:

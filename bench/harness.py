@@ -15,13 +15,27 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["LUA", "Result", "free_port", "pin", "server", "wrk"]
+__all__ = ["Result", "bench_env", "free_port", "lua", "pin", "server", "wrk"]
 
-LUA = """
-wrk.method = "POST"
-wrk.body = [[%s]]
-wrk.headers["Content-Type"] = "application/json"
-"""
+
+def lua(body: str, headers: dict[str, str] | None = None) -> str:
+    """A wrk script that POSTs ``body`` as JSON, with any extra ``headers``."""
+    lines = ['wrk.method = "POST"', f"wrk.body = [[{body}]]"]
+    for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        lines.append(f'wrk.headers["{name}"] = "{value}"')
+    return "\n".join(lines) + "\n"
+
+
+def bench_env(**settings: str) -> dict[str, str]:
+    """This environment without CHATBOT_* settings, rate limits off, plus ``settings``.
+
+    One load generator on one address is a single client far over any per-client limit; the
+    cost of the limits themselves is what ``bench.security_overhead`` measures.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
+    env |= {"CHATBOT_RATE_LIMIT_RPM": "0", "CHATBOT_RATE_LIMIT_TPM": "0"}
+    env |= {f"CHATBOT_{name.upper()}": value for name, value in settings.items()}
+    return env
 
 
 @dataclass(frozen=True)

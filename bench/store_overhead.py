@@ -9,13 +9,12 @@ runs says little). Target: p50 latency and throughput within 10% of ``store: fal
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.harness import LUA, Result, free_port, server, wrk
+from bench.harness import Result, bench_env, free_port, lua, server, wrk
 
 BODY = (
     '{"model": "echo", "store": %s, "metadata": {"bench": "store"}, "messages": '
@@ -32,15 +31,13 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
-        env |= {
-            "CHATBOT_DATABASE_URL": f"sqlite+aiosqlite:///{scratch}/bench.db",
-            "CHATBOT_BUNDLED_MODEL": "false",
-        }
+        env = bench_env(
+            database_url=f"sqlite+aiosqlite:///{scratch}/bench.db", bundled_model="false"
+        )
         scripts = {}
         for store in ("false", "true"):
             scripts[store] = Path(scratch) / f"store-{store}.lua"
-            scripts[store].write_text(LUA % (BODY % store))
+            scripts[store].write_text(lua(BODY % store))
         port = free_port()
         command = [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port)]
         runs: dict[str, list[Result]] = {"false": [], "true": []}

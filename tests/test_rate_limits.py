@@ -240,12 +240,20 @@ def test_two_instances_on_redis_share_one_limit(tmp_path: Path, sdk: SdkFactory)
 def test_a_redis_that_does_not_answer_does_not_take_the_api_down(
     start_server: ServerFactory, sdk: SdkFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = start_server(redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_rpm=1)
-    client = sdk(server, "sk-anything")
+    server = start_server(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        rate_limit_rpm=1,
+        master_key=MASTER,
+        auth_failures_per_minute=1,
+    )
+    client = sdk(server, str(make_key(server)["key"]))
 
     for _ in range(2):
         raw = client.chat.completions.with_raw_response.create(model="echo", messages=HELLO)
         assert raw.parse().choices
         assert "x-ratelimit-limit-requests" not in raw.headers
+    for _ in range(2):  # failures cannot be counted either: each is a plain 401
+        with pytest.raises(openai.AuthenticationError):
+            sdk(server, "sk-wrong").models.list()
 
     assert "rate-limit storage unavailable" in caplog.text

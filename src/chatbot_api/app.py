@@ -88,6 +88,7 @@ def create_app(
             resources.push_async_callback(writer.close, settings.store_flush_seconds)
             store = CompletionStore(database, writer)
             keys = KeyStore(database)
+            resources.callback(keys.close)
             auth = Authenticator(settings, keys)
             if not await auth.required():
                 logger.warning(

@@ -40,7 +40,7 @@ async def authenticate(request: Request, services: ServicesDep) -> Principal:
     flooding the key lookup) costs the guesser, not the server.
     """
     address = client_address(request)
-    await services.limiter.refuse_if_failing_auth(address)
+    services.limiter.refuse_if_failing_auth(address)
     try:
         principal = await services.auth.authenticate(request.headers.get("authorization"))
     except AuthenticationError:

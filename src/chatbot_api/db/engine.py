@@ -35,11 +35,14 @@ class Database:
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        #: The SQLite database file, when there is one.
+        self.sqlite_file: Path | None = None
         options: dict[str, Any] = {}
         if self.is_sqlite:
             database = url.split("///", 1)[-1]
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                self.sqlite_file = Path(database)
+                self.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         else:
             options = {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(url, **options)

@@ -64,10 +64,6 @@ class Authenticator:
         self._keys_exist = False
         self._checked_at = float("-inf")
 
-    @property
-    def has_master_key(self) -> bool:
-        return self._master is not None
-
     def _is_master(self, token: str) -> bool:
         return self._master is not None and _compare(token, self._master)
 

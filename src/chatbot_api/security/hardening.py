@@ -59,7 +59,8 @@ class HardeningMiddleware:
         async def send_hardened(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                # ASGI header names are lower case.
+                if not any(name == b"cache-control" for name, _ in headers):
                     headers.append(_NO_STORE)  # answers hold private data: keep them uncached
                 message["headers"] = headers + extra
             await send(message)

@@ -2,6 +2,15 @@
 
 A key reads ``sk-cb-<prefix><secret>``: the 12-character prefix is not secret and finds the
 row; the whole key's hash is compared in constant time. A key is shown once, when made.
+
+A revocation or expiry counts on the very next request, in every worker. Expiry is checked
+on each request. For revocation, PostgreSQL is asked on each request; on SQLite, whose
+readers share one machine, each process keeps the keys it has seen in memory, and a
+revocation writes fresh random bytes into a small marker file beside the database
+(``<database>-keys``) that every process has mapped into memory: a request compares those
+bytes with the ones its cache was filled under, without a system call, and reads the
+database again when they differ. Reading the row on every request through aiosqlite was the
+largest cost of authentication under load (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -9,12 +18,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import mmap
+import os
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import RowMapping, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from chatbot_api.db.engine import Database
 from chatbot_api.db.tables import ApiKey
@@ -22,6 +35,7 @@ from chatbot_api.db.tables import ApiKey
 __all__ = ["KEY_PATTERN", "KeyRecord", "KeyStore", "parse_duration"]
 
 _SCHEME = "sk-cb-"
+_MARKER_BYTES = 16
 _PREFIX_LENGTH = 12
 KEY_PATTERN = re.compile(r"^sk-cb-([0-9a-f]{12})[A-Za-z0-9_-]{32,64}$")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -73,7 +87,7 @@ class KeyRecord:
         }
 
 
-def _record(row: RowMapping) -> KeyRecord:
+def _record(row: Mapping[Any, Any]) -> KeyRecord:
     models = row["models"]
     return KeyRecord(
         id=row["id"],
@@ -91,6 +105,37 @@ def _record(row: RowMapping) -> KeyRecord:
 class KeyStore:
     def __init__(self, database: Database) -> None:
         self._database = database
+        sqlite_file = database.sqlite_file
+        self._marker_path = (
+            sqlite_file.with_name(f"{sqlite_file.name}-keys") if sqlite_file else None
+        )
+        self._marker: mmap.mmap | None = None
+        #: prefix -> (secret hash, record), valid while the marker holds ``_stamp``.
+        self._cache: dict[str, tuple[str, KeyRecord]] = {}
+        self._stamp = b""
+
+    def _mapped_marker(self) -> mmap.mmap | None:
+        """The marker, mapped shared: a write by any process is seen by all at once."""
+        if self._marker is None and self._marker_path is not None:
+            descriptor = os.open(self._marker_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(descriptor).st_size < _MARKER_BYTES:
+                    os.ftruncate(descriptor, _MARKER_BYTES)
+                self._marker = mmap.mmap(descriptor, _MARKER_BYTES)
+            finally:
+                os.close(descriptor)
+        return self._marker
+
+    def _mark_revoked(self) -> None:
+        marker = self._mapped_marker()
+        if marker is not None:
+            marker[:] = secrets.token_bytes(_MARKER_BYTES)
+        self._cache.clear()
+
+    def close(self) -> None:
+        if self._marker is not None:
+            self._marker.close()
+            self._marker = None
 
     async def create(
         self,
@@ -121,7 +166,7 @@ class KeyStore:
         }
         async with self._database.write() as connection:
             await connection.execute(insert(ApiKey), [row])
-        return key, _record(row)  # type: ignore[arg-type]  # a plain dict reads like a row
+        return key, _record(row)
 
     async def list(self) -> list[KeyRecord]:
         async with self._database.read() as connection:
@@ -136,6 +181,7 @@ class KeyStore:
                 .values({ApiKey.revoked_at: int(time.time())})
             )
             row = (await connection.execute(select(ApiKey).where(ApiKey.id == key_id))).first()
+        self._mark_revoked()
         return _record(row._mapping) if row is not None else None
 
     async def any(self) -> bool:
@@ -144,16 +190,30 @@ class KeyStore:
         return bool(count)
 
     async def authenticate(self, key: str) -> KeyRecord | None:
-        """The usable key this string is, or None. Reads the database every time, so a
-        revocation or expiry counts on the very next request, in every worker."""
+        """The usable key this string is, or None."""
         match = KEY_PATTERN.match(key)
         if match is None:
             return None
-        async with self._database.read() as connection:
-            row = (
-                await connection.execute(select(ApiKey).where(ApiKey.prefix == match.group(1)))
-            ).first()
-        if row is None or not hmac.compare_digest(row.secret_hash, _digest(key)):
+        found = await self._find(match.group(1))
+        if found is None or not hmac.compare_digest(found[0], _digest(key)):
             return None
-        record = _record(row._mapping)
+        record = found[1]
         return record if record.usable(time.time()) else None
+
+    async def _find(self, prefix: str) -> tuple[str, KeyRecord] | None:
+        marker = self._mapped_marker()
+        if marker is not None:
+            stamp = marker[:]
+            if stamp != self._stamp:
+                self._cache.clear()
+                self._stamp = stamp  # before reading: a revocation meanwhile changes it again
+            elif (cached := self._cache.get(prefix)) is not None:
+                return cached
+        async with self._database.read() as connection:
+            row = (await connection.execute(select(ApiKey).where(ApiKey.prefix == prefix))).first()
+        if row is None:
+            return None
+        found = (row.secret_hash, _record(row._mapping))
+        if marker is not None:
+            self._cache[prefix] = found
+        return found

@@ -1,10 +1,11 @@
 """Requests and tokens per minute, per API key (per client address when anonymous).
 
-Built on the ``limits`` library's storage: in memory for one process, Redis when
-``CHATBOT_REDIS_URL`` is set, so that every worker and replica counts against one limit.
-Windows are fixed and aligned to the wall-clock minute, and the window is part of the
-counter's key: a settlement after the window turned over lands on the old, unread counter
-instead of wrongly crediting the new one, and the reset time needs no round trip.
+The counters live in this process, or in Redis through the ``limits`` library when
+``CHATBOT_REDIS_URL`` is set, so that every worker and replica counts against one limit
+(``security.counters``). Windows are fixed and aligned to the wall-clock minute, and the
+window is part of the counter's key: a settlement after the window turned over lands on the
+old, unread counter instead of wrongly crediting the new one, and the reset time needs no
+round trip.
 
 A chat completion reserves its tokens before generation (the prompt's estimate plus the
 requested maximum, the way OpenAI's own limiter counts) and settles them against real usage
@@ -17,16 +18,14 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-
-from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
-from limits.storage import storage_from_string
+from dataclasses import dataclass
+from typing import Literal
 
 from chatbot_api.config import Settings
 from chatbot_api.context import current_request
 from chatbot_api.errors import RateLimitError
 from chatbot_api.security.auth import Principal
+from chatbot_api.security.counters import Counters, InProcessCounters, RedisCounters
 
 __all__ = [
     "Quota",
@@ -39,8 +38,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _WINDOW_SECONDS = 60
-# Names the counters in storage; the amounts live in the settings and the keys.
-_ITEM = RateLimitItemPerMinute(1, namespace="chatbot")
+# Addresses remembered as blocked before the list is pruned of those whose minute is over.
+_BLOCKED_PRUNE_AT = 10_000
 # A counter outlives its window a little so a late settlement finds it.
 _COUNTER_TTL = _WINDOW_SECONDS + 10
 
@@ -60,36 +59,37 @@ def format_reset(seconds: float) -> str:
 
 
 @dataclass(slots=True)
-class _Window:
-    """One counter (requests or tokens) of one caller in the current minute."""
-
-    name: str
-    limit: int
-    used: int
-    reset: float
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.limit - self.used)
-
-
-@dataclass(slots=True)
 class Quota:
-    """What one admitted request took; its headers, and the settlement of its tokens."""
+    """What one admitted request took: its headers, and the settlement of its tokens.
+
+    A limit of 0 is no limit: its three headers are left out.
+    """
 
     limiter: RateLimiter | None = None
-    token_key: str | None = None
+    rpm: int = 0
+    tpm: int = 0
+    used_requests: int = 0
+    used_tokens: int = 0
+    #: Seconds until the window (of both counters) ends.
+    reset: float = 0.0
+    token_key: str = ""
     reserved_tokens: int = 0
-    windows: list[_Window] = field(default_factory=list)
     settled: bool = False
 
     @property
     def headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
-        for window in self.windows:
-            headers[f"x-ratelimit-limit-{window.name}"] = str(window.limit)
-            headers[f"x-ratelimit-remaining-{window.name}"] = str(window.remaining)
-            headers[f"x-ratelimit-reset-{window.name}"] = format_reset(window.reset)
+        if self.limiter is None:
+            return headers
+        reset = format_reset(self.reset)
+        if self.rpm > 0:
+            headers["x-ratelimit-limit-requests"] = str(self.rpm)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, self.rpm - self.used_requests))
+            headers["x-ratelimit-reset-requests"] = reset
+        if self.tpm > 0:
+            headers["x-ratelimit-limit-tokens"] = str(self.tpm)
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm - self.used_tokens))
+            headers["x-ratelimit-reset-tokens"] = reset
         return headers
 
     async def settle(self, used_tokens: int | None) -> None:
@@ -97,7 +97,7 @@ class Quota:
         if self.settled:
             return
         self.settled = True
-        if self.limiter is None or self.token_key is None or used_tokens is None:
+        if self.limiter is None or used_tokens is None:
             return
         unused = self.reserved_tokens - used_tokens
         if unused > 0:
@@ -111,57 +111,49 @@ class RateLimiter:
     """Fixed one-minute windows of requests and tokens, in ``limits`` storage."""
 
     def __init__(
-        self, storage: Storage, *, rpm: int, tpm: int, auth_failures_per_minute: int
+        self, counters: Counters, *, rpm: int, tpm: int, auth_failures_per_minute: int
     ) -> None:
-        self._storage = storage
+        self._counters = counters
         self._rpm = rpm
         self._tpm = tpm
         self._auth_failures = auth_failures_per_minute
+        #: Addresses over the failed-authentication limit, and when their minute ends. Learnt
+        #: from this process's own failures (the count itself is shared), so that checking an
+        #: address costs no round trip to Redis.
+        self._blocked: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
         """Counters in Redis when ``CHATBOT_REDIS_URL`` is set, else in this process."""
-        if settings.redis_url is None:
-            storage: Storage = MemoryStorage()
-        else:
-            scheme, _, rest = settings.redis_url.get_secret_value().partition("://")
-            created = storage_from_string(f"async+{scheme}://{rest}", key_prefix="chatbot-api")
-            assert isinstance(created, Storage)
-            storage = created
+        counters: Counters = (
+            InProcessCounters()
+            if settings.redis_url is None
+            else RedisCounters(settings.redis_url.get_secret_value())
+        )
         return cls(
-            storage,
+            counters,
             rpm=settings.rate_limit_rpm,
             tpm=settings.rate_limit_tpm,
             auth_failures_per_minute=settings.auth_failures_per_minute,
         )
 
-    async def admit(self, principal: Principal, address: str, *, tokens: int) -> Quota:
-        """Admit one chat completion of ``principal``; the master key is never limited."""
-        if principal.kind == "master":
-            return UNLIMITED
-        key = principal.key
-        if key is None:
-            return await self.acquire(
-                f"address:{address}", rpm=self._rpm, tpm=self._tpm, tokens=tokens
-            )
-        rpm = self._rpm if key.rpm is None else key.rpm
-        tpm = self._tpm if key.tpm is None else key.tpm
-        return await self.acquire(f"key:{key.id}", rpm=rpm, tpm=tpm, tokens=tokens)
+    def limits_for(self, principal: Principal, address: str) -> tuple[str, int, int]:
+        """Whose counters a request of ``principal`` counts on, and their limits per minute.
 
-    async def check(self) -> bool:
-        """Whether the storage answers (a Redis that is down does not)."""
-        return await self._storage.check()
+        A key's own ``rpm``/``tpm`` win over the defaults; anonymous callers count per
+        address; the master key is never limited.
+        """
+        key = principal.key
+        if key is not None:
+            rpm = self._rpm if key.rpm is None else key.rpm
+            tpm = self._tpm if key.tpm is None else key.tpm
+            return f"key:{key.id}", rpm, tpm
+        if principal.kind == "master":
+            return "master", 0, 0
+        return f"address:{address}", self._rpm, self._tpm
 
     async def aclose(self) -> None:
-        if isinstance(self._storage, MemoryStorage):
-            if self._storage.timer is not None:
-                self._storage.timer.cancel()
-            return
-        # limits keeps its Redis client (coredis) on the storage's bridge and offers no close.
-        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
-        pool = getattr(client, "connection_pool", None)
-        if pool is not None:
-            pool.disconnect()
+        await self._counters.aclose()
 
     @staticmethod
     def _window() -> tuple[int, float]:
@@ -169,97 +161,103 @@ class RateLimiter:
         index = int(now // _WINDOW_SECONDS)
         return index, (index + 1) * _WINDOW_SECONDS - now
 
-    def _key(self, kind: str, identity: str, window: int) -> str:
-        return _ITEM.key_for(kind, identity, str(window))
+    @staticmethod
+    def _key(kind: str, identity: str, window: int) -> str:
+        return f"{kind}/{identity}/{window}"
 
-    async def acquire(self, identity: str, *, rpm: int, tpm: int, tokens: int) -> Quota:
+    async def admit(self, principal: Principal, address: str, *, tokens: int) -> Quota:
         """Count one request and reserve ``tokens``; 429 when either limit would be passed.
 
         A limit of 0 is no limit. A refused request takes nothing from either window. When the
         counters' storage (Redis) does not answer, the request is let through and the outage
         logged: a limiter that is down should not take the API down with it.
         """
+        identity, rpm, tpm = self.limits_for(principal, address)
         if rpm <= 0 and tpm <= 0:
             return UNLIMITED
         window, reset = self._window()
-        quota = Quota(limiter=self)
-        taken: list[tuple[str, int, _Window]] = []
+        request_key = self._key("requests", identity, window)
+        token_key = self._key("tokens", identity, window)
+        costs = ((request_key, 1 if rpm > 0 else 0), (token_key, tokens if tpm > 0 else 0))
         try:
-            for name, limit, cost in (("requests", rpm, 1), ("tokens", tpm, tokens)):
-                if limit <= 0:
-                    continue
-                key = self._key(name, identity, window)
-                counter = _Window(name, limit, await self._count(key, cost), reset)
-                taken.append((key, cost, counter))
-                quota.windows.append(counter)
-                if name == "tokens":
-                    quota.token_key, quota.reserved_tokens = key, cost
-                if counter.used > limit:
-                    for key, cost, each in taken:
-                        await self.give_back(key, cost)
-                        each.used -= cost
-                    raise _refusal(counter, tokens, quota.headers)
-        except self._storage.base_exceptions:
+            used_requests, used_tokens = await self._counters.incr_many(costs, _COUNTER_TTL)
+            quota = Quota(self, rpm, tpm, used_requests, used_tokens, reset, token_key, costs[1][1])
+            over_requests = 0 < rpm < used_requests
+            if over_requests or 0 < tpm < used_tokens:
+                await self._counters.incr_many([(key, -cost) for key, cost in costs], _COUNTER_TTL)
+                quota.used_requests -= costs[0][1]
+                quota.used_tokens -= costs[1][1]
+                raise _refusal(quota, "requests" if over_requests else "tokens", tokens)
+        except self._counters.errors:
             _storage_failed()
             return UNLIMITED
         return quota
 
     async def _count(self, key: str, amount: int) -> int:
-        return await self._storage.incr(key, _COUNTER_TTL, amount=amount)
+        return await self._counters.incr(key, amount, expiry=_COUNTER_TTL)
 
     async def give_back(self, key: str, amount: int) -> None:
         try:
-            await self._count(key, -amount)
-        except self._storage.base_exceptions:
+            await self._counters.incr(key, -amount, expiry=_COUNTER_TTL)
+        except self._counters.errors:
             _storage_failed()
 
-    async def refuse_if_failing_auth(self, address: str) -> None:
+    def refuse_if_failing_auth(self, address: str) -> None:
         """429 while ``address`` has failed authentication too often this minute."""
+        until = self._blocked.get(address)
+        if until is None:
+            return
+        wait = until - time.time()
+        if wait <= 0:
+            del self._blocked[address]
+            return
+        raise RateLimitError(
+            "Too many requests with an invalid API key from your address. Please retry "
+            f"after {format_reset(wait)}.",
+            retry_after=wait,
+            code="too_many_auth_failures",
+        )
+
+    async def count_auth_failure(self, address: str) -> None:
         if self._auth_failures <= 0:
             return
         window, reset = self._window()
         try:
-            failures = await self._storage.get(self._key("auth-failures", address, window))
-        except self._storage.base_exceptions:
+            failures = await self._count(self._key("auth-failures", address, window), 1)
+        except self._counters.errors:
             _storage_failed()
             return
         if failures >= self._auth_failures:
-            raise RateLimitError(
-                "Too many requests with an invalid API key from your address. Please retry "
-                f"after {format_reset(reset)}.",
-                retry_after=reset,
-                code="too_many_auth_failures",
-            )
-
-    async def count_auth_failure(self, address: str) -> None:
-        if self._auth_failures > 0:
-            window, _ = self._window()
-            try:
-                await self._count(self._key("auth-failures", address, window), 1)
-            except self._storage.base_exceptions:
-                _storage_failed()
+            if len(self._blocked) >= _BLOCKED_PRUNE_AT:
+                now = time.time()
+                self._blocked = {a: t for a, t in self._blocked.items() if t > now}
+            self._blocked[address] = time.time() + reset
 
 
 def _storage_failed() -> None:
     logger.error("rate-limit storage unavailable; letting the request through", exc_info=True)
 
 
-def _refusal(window: _Window, tokens: int, headers: dict[str, str]) -> RateLimitError:
-    if window.name == "tokens" and tokens > window.limit:
+def _refusal(quota: Quota, limit: Literal["requests", "tokens"], tokens: int) -> RateLimitError:
+    headers = quota.headers
+    if limit == "tokens" and tokens > quota.tpm:
         # No wait helps: the request alone is larger than a whole minute's allowance.
         return RateLimitError(
-            f"Request too large: the limit is {window.limit} tokens per minute and this "
+            f"Request too large: the limit is {quota.tpm} tokens per minute and this "
             f"request needs {tokens} (prompt plus max_completion_tokens). Lower "
             "max_completion_tokens or shorten the messages.",
-            retry_after=window.reset,
+            retry_after=quota.reset,
             limit="tokens",
             headers={**headers, "x-should-retry": "false"},
         )
+    allowed, used = (
+        (quota.rpm, quota.used_requests) if limit == "requests" else (quota.tpm, quota.used_tokens)
+    )
     return RateLimitError(
-        f"Rate limit reached for {window.name} per minute: limit {window.limit}, used "
-        f"{window.used}. Please try again in {format_reset(window.reset)}.",
-        retry_after=window.reset,
-        limit="tokens" if window.name == "tokens" else "requests",
+        f"Rate limit reached for {limit} per minute: limit {allowed}, used {used}. Please try "
+        f"again in {format_reset(quota.reset)}.",
+        retry_after=quota.reset,
+        limit=limit,
         headers=headers,
     )
 

@@ -76,6 +76,7 @@ class ChatService:
         self._store = store
         self._store_by_default = store_by_default
         self._reserve_tokens = reserve_tokens
+        self._default_lengths: dict[str, int] = {}
 
     def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         """Everything that can fail before a response starts fails here, as a proper status."""
@@ -110,8 +111,12 @@ class ChatService:
         """The prompt's size estimated as OpenAI's limiter does (four characters a token),
         plus the most each choice may generate."""
         characters = sum(len(message.text) for message in generation.messages)
-        most = generation.max_tokens or getattr(spec.config, "max_tokens", None)
-        return math.ceil(characters / 4) + n * (most or self._reserve_tokens)
+        most = generation.max_tokens or self._default_lengths.get(spec.id)
+        if most is None:
+            # The model's own default generation length, when its configuration has one.
+            most = getattr(spec.config, "max_tokens", None) or self._reserve_tokens
+            self._default_lengths[spec.id] = most
+        return math.ceil(characters / 4) + n * most
 
     async def complete(self, chat: PreparedChat) -> str:
         """The ``chat.completion`` as JSON text, queued for the store when asked."""

@@ -24,6 +24,8 @@ class BrokenBackendConfig(BaseModel):
     fail_after: int = 0
     #: ``crash`` raises an unexpected error; ``overloaded`` an API error with a status.
     failure: str = "crash"
+    #: What it tells ``/ready`` is wrong, as an upstream that is unreachable would.
+    problem: str | None = None
 
 
 class BrokenBackend:
@@ -40,6 +42,9 @@ class BrokenBackend:
         if self._config.failure == "overloaded":
             raise ServerOverloadedError("The backend is overloaded.")
         raise RuntimeError("backend crashed: secret internal detail")
+
+    def problem(self) -> str | None:
+        return self._config.problem
 
     async def aclose(self) -> None:
         return None

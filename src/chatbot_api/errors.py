@@ -13,6 +13,7 @@
     ├── RateLimitError                      429   requests / tokens (code rate_limit_exceeded)
     ├── InternalServerError                 500   server_error
     ├── ServerOverloadedError               503   server_error (code server_overloaded)
+    ├── NotReadyError                       503   server_error (code not_ready)
     └── DatabaseUnavailableError            503   server_error (code database_unavailable)
 
 Services raise these; :func:`install_exception_handlers` maps them, FastAPI's validation
@@ -43,6 +44,7 @@ __all__ = [
     "MethodNotAllowedError",
     "ModelNotFoundError",
     "NotFoundError",
+    "NotReadyError",
     "PermissionDeniedError",
     "RateLimitError",
     "RequestTooLargeError",
@@ -190,6 +192,14 @@ class ServerOverloadedError(ChatbotAPIError):
     status_code = 503
     error_type = "server_error"
     default_code = "server_overloaded"
+
+
+class NotReadyError(ChatbotAPIError):
+    """``/ready`` while something the API needs is missing; the message says what."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "not_ready"
 
 
 class DatabaseUnavailableError(ChatbotAPIError):

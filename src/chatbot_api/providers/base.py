@@ -99,6 +99,10 @@ class Provider(Protocol):
         """Stream the completion. Cancelling the iteration must stop the work promptly."""
         ...
 
+    def problem(self) -> str | None:
+        """Why the provider cannot serve right now (for ``/ready``), or None when it can."""
+        ...
+
     async def aclose(self) -> None:
         """Release whatever the provider holds (threads, clients, model weights)."""
         ...

@@ -78,5 +78,8 @@ class EchoProvider:
         yield Finish(reason)
         yield Usage(prompt_tokens=prompt_tokens, completion_tokens=produced)
 
+    def problem(self) -> str | None:
+        return None
+
     async def aclose(self) -> None:
         return None

@@ -211,6 +211,15 @@ class ModelRegistry:
         except KeyError:
             raise ModelNotFoundError(model_id, param=param) from None
 
+    def problems(self) -> list[str]:
+        """What keeps a model from serving: ``"<model>: <why>"`` each."""
+        found = []
+        for model_id, model in self._models.items():
+            problem = model.provider.problem()
+            if problem is not None:
+                found.append(f"model {model_id}: {problem}")
+        return found
+
     def __iter__(self) -> Iterator[ModelSpec]:
         return (model.spec for model in self._models.values())
 

@@ -116,6 +116,10 @@ class Engine:
             self._waiting.append(sequence)
             self._lock.notify()
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self) -> None:
         with self._lock:
             self._closing = True

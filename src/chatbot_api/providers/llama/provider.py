@@ -145,5 +145,8 @@ class LlamaCppProvider:
         finally:
             sequence.cancelled = True
 
+    def problem(self) -> str | None:
+        return None if self._engine.running else "its decode thread has stopped"
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self._engine.close)

@@ -30,11 +30,13 @@ install: $(VENV)/.installed ## Create .venv and install the app with its dev too
 run: install ## Serve the API on 127.0.0.1:8000 with the embedded defaults
 	$(BIN)/chatbot-api serve
 
-lint: install ## ruff (lint and format check), mypy --strict, bandit (medium severity and up)
+lint: install ## ruff, format check, mypy --strict, bandit, hadolint (Dockerfile), actionlint (CI)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/bandit --quiet --recursive --severity-level medium src
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/actionlint
 
 format: install ## Rewrite the code in the house style
 	$(BIN)/ruff check --fix .

@@ -18,6 +18,7 @@ from chatbot_api import __version__
 from chatbot_api.config import Settings
 from chatbot_api.db.engine import Database, default_database_url
 from chatbot_api.logs import configure_logging
+from chatbot_api.providers.llama.bundled import prepare_bundled_model
 from chatbot_api.providers.registry import ModelsFileError, load_model_specs
 from chatbot_api.security.auth import is_loopback
 from chatbot_api.security.keys import KeyStore, parse_duration
@@ -41,7 +42,12 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--workers", type=int, default=settings.workers, help=f"default {settings.workers}"
     )
 
-    commands.add_parser("models", help="list the configured models")
+    models = commands.add_parser("models", help="list the configured models")
+    models.add_argument(
+        "--prepare",
+        action="store_true",
+        help="also write the bundled model's GGUF into the data directory now (image builds)",
+    )
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -83,7 +89,9 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
-def _models(settings: Settings) -> int:
+def _models(settings: Settings, *, prepare: bool = False) -> int:
+    if prepare and settings.bundled_model:
+        print(prepare_bundled_model(settings.data_dir), file=sys.stderr)
     specs = load_model_specs(settings)
     table = Table(title="Configured models")
     for column in ("id", "provider", "owned_by", "source"):
@@ -200,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(settings, args)
         if args.command == "db":
             return _db_upgrade(settings)
-        return _models(settings)
+        return _models(settings, prepare=args.prepare)
     except (ModelsFileError, ValueError) as exc:
         print(f"chatbot-api: {exc}", file=sys.stderr)
         return 2

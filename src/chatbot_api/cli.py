@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -85,6 +86,8 @@ def _serve(settings: Settings) -> int:
         log_config=None,
         access_log=False,
         server_header=False,
+        # After the streams' grace period (they end themselves), time to flush the store.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds) + 10,
     )
     return 0
 

@@ -123,6 +123,14 @@ class Settings(BaseSettings):
     store_flush_seconds: float = Field(
         default=30.0, ge=0, description="At shutdown, how long to wait for pending writes."
     )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "On SIGTERM: how long open streams may run on; those still running then end "
+            "with an error event."
+        ),
+    )
     sse_ping_seconds: float = Field(
         default=15.0,
         ge=0,

@@ -14,6 +14,7 @@
     ├── InternalServerError                 500   server_error
     ├── ServerOverloadedError               503   server_error (code server_overloaded)
     ├── NotReadyError                       503   server_error (code not_ready)
+    ├── ServerShuttingDownError             503   server_error (code server_shutting_down)
     └── DatabaseUnavailableError            503   server_error (code database_unavailable)
 
 Services raise these; :func:`install_exception_handlers` maps them, FastAPI's validation
@@ -49,6 +50,7 @@ __all__ = [
     "RateLimitError",
     "RequestTooLargeError",
     "ServerOverloadedError",
+    "ServerShuttingDownError",
     "UnsupportedParameterError",
     "error_response",
     "install_exception_handlers",
@@ -192,6 +194,20 @@ class ServerOverloadedError(ChatbotAPIError):
     status_code = 503
     error_type = "server_error"
     default_code = "server_overloaded"
+
+
+class ServerShuttingDownError(ChatbotAPIError):
+    """A stream still running when the shutdown grace period ran out."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "server_shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is shutting down and ended this stream before it finished. Please "
+            "retry the request."
+        )
 
 
 class NotReadyError(ChatbotAPIError):

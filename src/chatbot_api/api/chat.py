@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
@@ -10,8 +11,12 @@ from chatbot_api.api.responses import error_responses
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletion
 from chatbot_api.security.rate_limit import settle_after, used_tokens
+from chatbot_api.services.shutdown import end_at_shutdown
 
 __all__ = ["router"]
+
+#: How much longer than our grace period sse-starlette waits before it cancels a stream.
+_BACKSTOP_SECONDS = 2.0
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -58,11 +63,16 @@ async def create_chat_completion(
     try:
         if body.stream:
             stream = await chat.open_stream(prepared)
+            shutdown = anyio.Event()
+            grace = services.settings.shutdown_grace_seconds
             return EventSourceResponse(
-                settle_after(stream, quota),
+                end_at_shutdown(settle_after(stream, quota), shutdown, grace),
                 sep="\n",
                 ping=services.settings.sse_ping_seconds,
                 headers=quota.headers,
+                shutdown_event=shutdown,
+                # Ours ends the stream with an error event; sse-starlette's is the backstop.
+                shutdown_grace_period=grace + _BACKSTOP_SECONDS,
             )
         content = await chat.complete(prepared)
     except Exception:

@@ -48,7 +48,9 @@ def test_sigterm_lets_streams_finish_within_the_grace_period(tmp_path: Path) -> 
         threads = []
         for words, events in ((8, short), (300, long)):
             started = threading.Event()
-            thread = threading.Thread(target=_stream, args=(server.base_url, words, events, started))
+            thread = threading.Thread(
+                target=_stream, args=(server.base_url, words, events, started)
+            )
             thread.start()
             assert started.wait(10)
             threads.append(thread)

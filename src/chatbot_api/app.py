@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from chatbot_api import __version__
-from chatbot_api.api import admin, chat, health, models, stored
+from chatbot_api.api import admin, chat, health, metrics, models, stored
 from chatbot_api.api.deps import authenticate
 from chatbot_api.api.responses import drop_validation_422
 from chatbot_api.config import Settings
@@ -132,6 +132,7 @@ def create_app(
     install_exception_handlers(app)
     drop_validation_422(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     # Every /v1 route and the admin routes need a key once authentication is on.
     secured = [Depends(authenticate)]
     app.include_router(models.router, dependencies=secured)

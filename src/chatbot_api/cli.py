@@ -19,6 +19,7 @@ from chatbot_api import __version__
 from chatbot_api.config import Settings
 from chatbot_api.db.engine import Database, default_database_url
 from chatbot_api.logs import configure_logging
+from chatbot_api.metrics import multiprocess_directory, remove_multiprocess_directory
 from chatbot_api.providers.llama.bundled import prepare_bundled_model
 from chatbot_api.providers.registry import ModelsFileError, load_model_specs
 from chatbot_api.security.auth import is_loopback
@@ -77,6 +78,17 @@ def _serve(settings: Settings) -> int:
     # which is what process managers and orchestrators read as success.
     for shutdown_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(shutdown_signal, lambda signum, frame: None)
+    # Several workers keep their metrics in files that /metrics adds up (see metrics.py).
+    metrics_dir = multiprocess_directory() if settings.workers > 1 else None
+    try:
+        _run_uvicorn(settings)
+    finally:
+        if metrics_dir is not None:
+            remove_multiprocess_directory(metrics_dir)
+    return 0
+
+
+def _run_uvicorn(settings: Settings) -> None:
     uvicorn.run(
         "chatbot_api.app:create_app_from_env",
         factory=True,
@@ -89,7 +101,6 @@ def _serve(settings: Settings) -> int:
         # After the streams' grace period (they end themselves), time to flush the store.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds) + 10,
     )
-    return 0
 
 
 def _models(settings: Settings, *, prepare: bool = False) -> int:

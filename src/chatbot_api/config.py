@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         ge=0,
         description="Failed authentications a client address may make per minute; 0: no limit.",
     )
+    metrics_require_key: bool = Field(
+        default=False,
+        description="Whether `GET /metrics` needs an API key (or the master key) once auth is on.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins browsers may call the API from, comma-separated; `*` for any.",

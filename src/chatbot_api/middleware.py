@@ -13,6 +13,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatbot_api import metrics
 from chatbot_api.context import RequestContext, request_context
 from chatbot_api.errors import internal_error
 
@@ -82,6 +83,11 @@ class RequestContextMiddleware:
                 await send({"type": "http.response.body", "body": body})
             status = 500
         finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            metrics.REQUESTS.labels(template, scope["method"], context.model or "", status).inc()
+            metrics.REQUEST_SECONDS.labels(template, scope["method"]).observe(elapsed)
             logger.info(
                 "%s %s %s",
                 scope["method"],
@@ -91,7 +97,7 @@ class RequestContextMiddleware:
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(elapsed * 1000, 3),
                     "model": context.model,
                     "stream": context.stream,
                     "prompt_tokens": context.prompt_tokens,

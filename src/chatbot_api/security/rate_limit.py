@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
+from chatbot_api import metrics
 from chatbot_api.config import Settings
 from chatbot_api.context import current_request
 from chatbot_api.errors import RateLimitError
@@ -187,7 +188,9 @@ class RateLimiter:
                 await self._counters.incr_many([(key, -cost) for key, cost in costs], _COUNTER_TTL)
                 quota.used_requests -= costs[0][1]
                 quota.used_tokens -= costs[1][1]
-                raise _refusal(quota, "requests" if over_requests else "tokens", tokens)
+                limit: Literal["requests", "tokens"] = "requests" if over_requests else "tokens"
+                metrics.RATE_LIMITED.labels(limit).inc()
+                raise _refusal(quota, limit, tokens)
         except self._counters.errors:
             _storage_failed()
             return UNLIMITED
@@ -211,6 +214,7 @@ class RateLimiter:
         if wait <= 0:
             del self._blocked[address]
             return
+        metrics.RATE_LIMITED.labels("auth_failures").inc()
         raise RateLimitError(
             "Too many requests with an invalid API key from your address. Please retry "
             f"after {format_reset(wait)}.",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import TypeAdapter
 
+from chatbot_api import metrics
 from chatbot_api.context import current_owner, current_request
 from chatbot_api.errors import ChatbotAPIError, ModelNotFoundError, internal_error
 from chatbot_api.providers.base import (
@@ -53,6 +54,8 @@ class PreparedChat:
     store: bool
     #: Tokens the rate limiter holds back until real usage is known.
     reserved_tokens: int
+    #: ``time.perf_counter()`` when the request was prepared, for time to first token.
+    started: float
 
     @property
     def include_usage(self) -> bool:
@@ -105,6 +108,7 @@ class ChatService:
             n=n,
             store=self._store_by_default if request.store is None else request.store,
             reserved_tokens=self._reservation(model.spec, generations[0], n),
+            started=time.perf_counter(),
         )
 
     def _reservation(self, spec: ModelSpec, generation: GenerationRequest, n: int) -> int:
@@ -166,6 +170,7 @@ class ChatService:
 
         assembly = chat.assembly() if chat.store else None
         pieces = 0
+        metrics.ACTIVE_STREAMS.inc()
         try:
             for index in range(chat.n):
                 yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
@@ -207,13 +212,16 @@ class ChatService:
             )
             raise
         finally:
+            metrics.ACTIVE_STREAMS.dec()
             await _close(events)
         yield "[DONE]"
 
     def _events(self, chat: PreparedChat) -> AsyncIterator[GenerationEvent]:
         if len(chat.generations) == 1:
-            return chat.provider.generate(chat.generations[0])
-        return fan_out(chat.provider, chat.generations)
+            events = chat.provider.generate(chat.generations[0])
+        else:
+            events = fan_out(chat.provider, chat.generations)
+        return _measured(chat, events)
 
     async def _save(self, chat: PreparedChat, body: str, usage: CompletionUsage) -> None:
         context = current_request()
@@ -254,6 +262,27 @@ async def _close(events: AsyncIterator[GenerationEvent]) -> None:
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+async def _measured(
+    chat: PreparedChat, events: AsyncIterator[GenerationEvent]
+) -> AsyncIterator[GenerationEvent]:
+    """The provider's events, passed on while time to first token and tokens are counted."""
+    model = chat.spec.id
+    waiting_for_text = True
+    try:
+        async for event in events:
+            if waiting_for_text and isinstance(event, TextDelta):
+                waiting_for_text = False
+                metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(
+                    time.perf_counter() - chat.started
+                )
+            elif isinstance(event, Usage):
+                metrics.PROMPT_TOKENS.labels(model).inc(event.prompt_tokens)
+                metrics.GENERATED_TOKENS.labels(model).inc(event.completion_tokens)
+            yield event
+    finally:
+        await _close(events)
 
 
 def _record_usage(event: Usage) -> CompletionUsage:

@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, insert
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from chatbot_api import metrics
 from chatbot_api.db.engine import Database
 from chatbot_api.db.tables import StoredCompletion
 
@@ -128,6 +129,7 @@ class StoreWriter:
         """Queue a record; waits only when the queue is full."""
         await self._queue.put(record)
         self._enqueued += 1
+        metrics.STORE_QUEUE_DEPTH.set(self.pending)
 
     async def sync(self) -> None:
         """Wait until every record queued before this call is committed (read-your-writes)."""
@@ -165,6 +167,7 @@ class StoreWriter:
             async with self._progress:
                 self._written += len(batch)
                 self._progress.notify_all()
+            metrics.STORE_QUEUE_DEPTH.set(self.pending)
 
     async def _write(self, batch: list[CompletionRecord]) -> None:
         delay = self._retry_initial
@@ -178,6 +181,7 @@ class StoreWriter:
                 return
             except (SQLAlchemyError, OSError) as exc:
                 self.failures += 1
+                metrics.STORE_WRITE_FAILURES.inc()
                 logger.warning(
                     "writing stored completions failed; retrying",
                     extra={

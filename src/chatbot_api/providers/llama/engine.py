@@ -16,6 +16,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from chatbot_api import metrics
 from chatbot_api.errors import ServerOverloadedError
 from chatbot_api.providers.base import FinishReason
 from chatbot_api.providers.llama.config import LlamaCppConfig
@@ -161,6 +162,8 @@ class Engine:
                 sequence.seq_id = self._free_ids.pop()
                 sequence.sampler = build_sampler(self.vocab, self.n_vocab, sequence.params)
                 self._active.append(sequence)
+            metrics.QUEUE_DEPTH.labels(self.model_id).set(len(self._waiting))
+            metrics.SLOTS_IN_USE.labels(self.model_id).set(len(self._active))
             return True
 
     def _step(self) -> None:
@@ -279,3 +282,4 @@ class Engine:
         with self._lock:
             self._active.remove(sequence)
             self._free_ids.append(sequence.seq_id)
+            metrics.SLOTS_IN_USE.labels(self.model_id).set(len(self._active))

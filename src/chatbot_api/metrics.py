@@ -1,0 +1,111 @@
+"""Prometheus metrics, correct with several worker processes.
+
+``chatbot-api serve --workers N`` (N > 1) points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+directory before the workers start; prometheus-client then keeps each worker's values in
+memory-mapped files there, and ``GET /metrics``, whichever worker answers it, adds them up.
+Gauges of live state (streams, queues, slots) count only living workers (``livesum``).
+With one process the values simply live in this process's registry.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+__all__ = [
+    "ACTIVE_STREAMS",
+    "GENERATED_TOKENS",
+    "PROMPT_TOKENS",
+    "QUEUE_DEPTH",
+    "RATE_LIMITED",
+    "REQUESTS",
+    "REQUEST_SECONDS",
+    "SLOTS_IN_USE",
+    "STORE_QUEUE_DEPTH",
+    "STORE_WRITE_FAILURES",
+    "TIME_TO_FIRST_TOKEN",
+    "exposition",
+    "multiprocess_directory",
+    "remove_multiprocess_directory",
+]
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter(
+    "chatbot_requests",
+    "HTTP requests answered, by route template, method, model and status.",
+    ["route", "method", "model", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "chatbot_request_duration_seconds",
+    "Time from the request's arrival to the end of its answer (a whole stream included).",
+    ["route", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "chatbot_time_to_first_token_seconds",
+    "Time from a chat completion's arrival to its first generated text.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+PROMPT_TOKENS = Counter("chatbot_prompt_tokens", "Prompt tokens processed.", ["model"])
+GENERATED_TOKENS = Counter("chatbot_generated_tokens", "Completion tokens generated.", ["model"])
+ACTIVE_STREAMS = Gauge(
+    "chatbot_active_streams", "Streamed completions in flight.", multiprocess_mode="livesum"
+)
+QUEUE_DEPTH = Gauge(
+    "chatbot_model_queue_depth",
+    "Requests waiting for a slot of a local model.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+SLOTS_IN_USE = Gauge(
+    "chatbot_model_slots_in_use",
+    "Sequences a local model is decoding.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+RATE_LIMITED = Counter(
+    "chatbot_rate_limited", "Requests refused with 429, by the limit they hit.", ["limit"]
+)
+STORE_QUEUE_DEPTH = Gauge(
+    "chatbot_store_queue_depth",
+    "Stored completions waiting for the background writer.",
+    multiprocess_mode="livesum",
+)
+STORE_WRITE_FAILURES = Counter(
+    "chatbot_store_write_failures", "Failed write attempts of the store writer (each retried)."
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format, and its content type."""
+    if os.environ.get(_MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def multiprocess_directory() -> Path:
+    """Make an empty directory for the workers' metric files and point them at it."""
+    directory = Path(tempfile.mkdtemp(prefix="chatbot-api-metrics-"))
+    os.environ[_MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def remove_multiprocess_directory(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)

@@ -60,4 +60,10 @@ def test_serve_in_its_own_process_answers_and_stops_on_sigterm(
         # With no models file: the built-in echo and the bundled model, prepared on first start.
         assert [m["id"] for m in models["data"]] == ["echo", "gemma-3-270m"]
     assert server.returncode == 0, server.output.read_text()
-    assert "chatbot_api" in log_file.read_text()
+    if workers == "1":
+        assert "chatbot_api" in log_file.read_text()
+    else:  # a file per process (the supervisor and each worker), never one file shared
+        files = sorted(tmp_path.glob("server.*.log"))
+        assert len(files) == 3
+        serving = [f for f in files if '"message": "serving models"' in f.read_text()]
+        assert len(serving) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -80,6 +81,8 @@ def _serve(settings: Settings) -> int:
         signal.signal(shutdown_signal, lambda signum, frame: None)
     # Several workers keep their metrics in files that /metrics adds up (see metrics.py).
     metrics_dir = multiprocess_directory() if settings.workers > 1 else None
+    # Workers read their settings from the environment: tell them they are several.
+    os.environ["CHATBOT_WORKERS"] = str(settings.workers)
     try:
         _run_uvicorn(settings)
     finally:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
+from pathlib import Path
 
 from pythonjsonlogger.json import JsonFormatter
 from rich.console import Console
@@ -46,6 +48,16 @@ def reset_logging() -> None:
             handler.close()
 
 
+def _log_file_of_this_process(settings: Settings) -> Path:
+    """The log file, or with several workers one per process (``api.<pid>.log``): processes
+    sharing one rotating file would rotate it under each other and lose lines."""
+    assert settings.log_file is not None
+    if settings.workers <= 1:
+        return settings.log_file
+    path = settings.log_file
+    return path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
+
+
 def configure_logging(settings: Settings) -> None:
     """Install our handlers on the root logger; safe to call again with new settings."""
     reset_logging()
@@ -64,7 +76,7 @@ def configure_logging(settings: Settings) -> None:
     if settings.log_file is not None:
         settings.log_file.parent.mkdir(parents=True, exist_ok=True)
         rotating = logging.handlers.RotatingFileHandler(
-            settings.log_file,
+            _log_file_of_this_process(settings),
             maxBytes=settings.log_max_bytes,
             backupCount=settings.log_backup_count,
             encoding="utf-8",

@@ -50,6 +50,7 @@ bench: install ## Every benchmark in bench/, each against its baseline (needs wr
 	$(BIN)/python -m bench.chat_overhead
 	$(BIN)/python -m bench.store_overhead
 	$(BIN)/python -m bench.security_overhead
+	$(BIN)/python -m bench.soak
 	@# llama-cpp-python's own server is the baseline; its extra is for the benchmark only.
 	$(BIN)/pip install --quiet --disable-pip-version-check \
 		"llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"

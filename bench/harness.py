@@ -15,7 +15,16 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["Result", "bench_env", "free_port", "lua", "pin", "server", "wrk"]
+__all__ = [
+    "Result",
+    "bench_env",
+    "free_port",
+    "lua",
+    "pin",
+    "server",
+    "server_process",
+    "wrk",
+]
 
 
 def lua(body: str, headers: dict[str, str] | None = None) -> str:
@@ -61,8 +70,20 @@ def pin(cpu: int) -> list[str]:
 
 @contextmanager
 def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
+    """A server pinned to core 0 (the load generator takes core 1); yields its URL."""
+    with server_process(command, port, env) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(
+    command: list[str], port: int, env: dict[str, str], *, pinned: bool = True
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     process = subprocess.Popen(
-        pin(0) + command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        (pin(0) if pinned else []) + command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -75,7 +96,7 @@ def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{command} did not start") from None
                 time.sleep(0.1)
-        yield base
+        yield base, process
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -40,6 +40,13 @@ def _as_written(default: object) -> str:
     return str(default)
 
 
+def test_the_configuration_page_documents_every_setting() -> None:
+    page = (EXAMPLE.parent / "docs" / "configuration.md").read_text()
+
+    for name in Settings.model_fields:
+        assert f"`CHATBOT_{name.upper()}`" in page, name
+
+
 def test_environment_and_dotenv_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text("CHATBOT_PORT=9001\nCHATBOT_LOG_FORMAT=console\n")

@@ -18,7 +18,16 @@ router = APIRouter(prefix="/admin/keys", tags=["admin"])
 
 
 class CreateKeyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"name": "web", "models": ["gemma-3-270m"], "rpm": 60, "tpm": 20000},
+                {"name": "ci", "expires_in": "12h"},
+            ]
+        },
+    )
     name: str = Field(min_length=1, max_length=128, examples=["ci"])
     models: list[str] | None = Field(default=None, description="Allowed model ids; all if null.")
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")

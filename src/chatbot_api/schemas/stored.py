@@ -56,5 +56,9 @@ class ChatCompletionDeleted(BaseModel):
 
 
 class UpdateMetadataRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(
+        extra="ignore",
+        strict=True,
+        json_schema_extra={"examples": [{"metadata": {"topic": "geography", "reviewed": "yes"}}]},
+    )
     metadata: Metadata | None

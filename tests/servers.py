@@ -14,7 +14,7 @@ from types import TracebackType
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 __all__ = ["AnyServer", "LiveServer", "ServerProcess", "clean_env", "free_port"]
 
@@ -34,7 +34,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class LiveServer:
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: Starlette) -> None:
         self.app = app
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -14,6 +14,8 @@
     ├── InternalServerError                 500   server_error
     ├── ServerOverloadedError               503   server_error (code server_overloaded)
     ├── NotReadyError                       503   server_error (code not_ready)
+    ├── UpstreamError                       502   server_error (code upstream_error)
+    ├── UpstreamTimeoutError                504   server_error (code upstream_timeout)
     ├── ServerShuttingDownError             503   server_error (code server_shutting_down)
     └── DatabaseUnavailableError            503   server_error (code database_unavailable)
 
@@ -52,6 +54,8 @@ __all__ = [
     "ServerOverloadedError",
     "ServerShuttingDownError",
     "UnsupportedParameterError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
     "error_response",
     "install_exception_handlers",
     "internal_error",
@@ -208,6 +212,28 @@ class ServerShuttingDownError(ChatbotAPIError):
             "The server is shutting down and ended this stream before it finished. Please "
             "retry the request."
         )
+
+
+class UpstreamError(ChatbotAPIError):
+    """The upstream model service failed or refused our own credentials. Its message (which
+    may quote our key) is logged, never passed on."""
+
+    status_code = 502
+    error_type = "server_error"
+    default_code = "upstream_error"
+
+    def __init__(self, upstream_status: int | None) -> None:
+        what = f"answered {upstream_status}" if upstream_status else "could not be reached"
+        super().__init__(f"The upstream model service {what}. Please retry later.")
+
+
+class UpstreamTimeoutError(ChatbotAPIError):
+    status_code = 504
+    error_type = "server_error"
+    default_code = "upstream_timeout"
+
+    def __init__(self) -> None:
+        super().__init__("The upstream model service did not answer in time.")
 
 
 class NotReadyError(ChatbotAPIError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from chatbot_api.schemas.chat import ChatCompletionRequest
 
@@ -23,6 +23,7 @@ __all__ = [
     "Provider",
     "TextDelta",
     "TokenLogprob",
+    "ToolCallDelta",
     "TopLogprob",
     "Usage",
 ]
@@ -73,6 +74,16 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call as OpenAI streams it: ``call`` holds the call's own ``index``,
+    on its first piece ``id``, ``type`` and ``function.name``, and ``function.arguments``
+    in pieces. Passed on as the provider sent it."""
+
+    call: dict[str, Any]
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     reason: FinishReason
     index: int = 0
@@ -84,7 +95,7 @@ class Usage:
     completion_tokens: int
 
 
-GenerationEvent = TextDelta | Finish | Usage
+GenerationEvent = TextDelta | ToolCallDelta | Finish | Usage
 
 
 @runtime_checkable

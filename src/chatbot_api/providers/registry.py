@@ -29,6 +29,7 @@ from chatbot_api.providers.base import Provider
 from chatbot_api.providers.echo import EchoConfig, EchoProvider
 from chatbot_api.providers.llama.bundled import BUNDLED_MODEL_ID
 from chatbot_api.providers.llama.config import LlamaCppConfig
+from chatbot_api.providers.openai_upstream import OpenAIUpstreamConfig
 
 __all__ = [
     "PROVIDER_KINDS",
@@ -78,9 +79,17 @@ def _build_llama_cpp(spec: ModelSpec, settings: Settings) -> Provider:
     return LlamaCppProvider(spec.id, spec.config, settings.data_dir)
 
 
+def _build_openai(spec: ModelSpec, settings: Settings) -> Provider:
+    from chatbot_api.providers.openai_upstream import OpenAIUpstreamProvider
+
+    assert isinstance(spec.config, OpenAIUpstreamConfig)
+    return OpenAIUpstreamProvider(spec.id, spec.config)
+
+
 PROVIDER_KINDS: dict[str, ProviderKind] = {
     "echo": ProviderKind(config=EchoConfig, build=_build_echo),
     "llama_cpp": ProviderKind(config=LlamaCppConfig, build=_build_llama_cpp),
+    "openai": ProviderKind(config=OpenAIUpstreamConfig, build=_build_openai),
 }
 
 _COMMON_KEYS = ("provider", "owned_by", "created")

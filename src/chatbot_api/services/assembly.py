@@ -10,6 +10,7 @@ from chatbot_api.providers.base import (
     GenerationEvent,
     TextDelta,
     TokenLogprob,
+    ToolCallDelta,
 )
 from chatbot_api.schemas.completions import ChatCompletion, Choice, CompletionUsage, ResponseMessage
 
@@ -23,6 +24,8 @@ class Assembly:
         self._texts: list[list[str]] = [[] for _ in range(n)]
         self._logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
         self._reasons: list[FinishReason] = ["stop"] * n
+        #: Per choice, tool calls by their own index, their argument pieces joined.
+        self._tool_calls: list[dict[int, dict[str, Any]]] = [{} for _ in range(n)]
         self._want_logprobs = logprobs
         self.usage = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
@@ -31,6 +34,8 @@ class Assembly:
             self._texts[event.index].append(event.text)
             if event.logprobs:
                 self._logprobs[event.index].extend(event.logprobs)
+        elif isinstance(event, ToolCallDelta):
+            self._add_tool_call(event)
         elif isinstance(event, Finish):
             self._reasons[event.index] = event.reason
         else:
@@ -40,6 +45,24 @@ class Assembly:
                 total_tokens=event.prompt_tokens + event.completion_tokens,
             )
 
+    def _add_tool_call(self, event: ToolCallDelta) -> None:
+        piece = event.call
+        calls = self._tool_calls[event.index]
+        function = piece.get("function") or {}
+        call = calls.get(piece.get("index", len(calls)))
+        if call is None:
+            call = {"id": piece.get("id"), "type": piece.get("type", "function")}
+            call["function"] = {"name": function.get("name", ""), "arguments": ""}
+            calls[piece.get("index", len(calls))] = call
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+    def _message(self, choice: int) -> ResponseMessage:
+        text = "".join(self._texts[choice])
+        calls = [self._tool_calls[choice][key] for key in sorted(self._tool_calls[choice])]
+        if not calls:
+            return ResponseMessage(content=text)
+        return ResponseMessage(content=text or None, tool_calls=calls)
+
     def completion(self, completion_id: str, created: int, model: str) -> ChatCompletion:
         return ChatCompletion(
             id=completion_id,
@@ -48,7 +71,7 @@ class Assembly:
             choices=[
                 Choice(
                     index=i,
-                    message=ResponseMessage(content="".join(texts)),
+                    message=self._message(i),
                     logprobs=wire_logprobs(self._logprobs[i]) if self._want_logprobs else None,
                     finish_reason=self._reasons[i],
                 )

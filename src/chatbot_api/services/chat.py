@@ -21,6 +21,7 @@ from chatbot_api.providers.base import (
     GenerationRequest,
     Provider,
     TextDelta,
+    ToolCallDelta,
     Usage,
 )
 from chatbot_api.providers.registry import ModelRegistry, ModelSpec
@@ -185,6 +186,11 @@ class ChatService:
                         logprobs=wire_logprobs(event.logprobs) if event.logprobs else None,
                     )
                     yield chunk([choice])
+                elif isinstance(event, ToolCallDelta):
+                    pieces += 1
+                    yield chunk(
+                        [ChunkChoice(index=event.index, delta=Delta(tool_calls=[event.call]))]
+                    )
                 elif isinstance(event, Finish):
                     yield chunk(
                         [ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)]
@@ -272,7 +278,7 @@ async def _measured(
     waiting_for_text = True
     try:
         async for event in events:
-            if waiting_for_text and isinstance(event, TextDelta):
+            if waiting_for_text and isinstance(event, TextDelta | ToolCallDelta):
                 waiting_for_text = False
                 metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(
                     time.perf_counter() - chat.started

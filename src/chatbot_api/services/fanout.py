@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 from chatbot_api.providers.base import (
@@ -11,6 +12,7 @@ from chatbot_api.providers.base import (
     GenerationRequest,
     Provider,
     TextDelta,
+    ToolCallDelta,
     Usage,
 )
 
@@ -46,10 +48,8 @@ async def fan_out(
                 running -= 1
             elif isinstance(item, BaseException):
                 raise item
-            elif isinstance(item, TextDelta):
-                yield TextDelta(item.text, index)
-            elif isinstance(item, Finish):
-                yield Finish(item.reason, index)
+            elif isinstance(item, TextDelta | ToolCallDelta | Finish):
+                yield dataclasses.replace(item, index=index)
             else:
                 prompt_tokens = max(prompt_tokens, item.prompt_tokens)
                 completion_tokens += item.completion_tokens

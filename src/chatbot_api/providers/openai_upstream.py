@@ -1,0 +1,208 @@
+"""The ``openai`` provider: any OpenAI-compatible service (OpenAI, vLLM, Ollama, llama.cpp's
+server, another chatbot-api) behind our API, through the official ``openai`` SDK.
+
+The client's request goes upstream as sent (tools, response_format, logprobs, n, seed...),
+always streamed, so that one path serves both kinds of answer and our own framing (role
+first, the usage chunk when asked, ``[DONE]``) stays intact; tool-call pieces keep the
+``index`` and ``id`` the upstream gave them. Upstream faults become our errors, never leaking
+the upstream's key:
+
+    upstream                          ours
+    400, 422                          400 with the upstream's message
+    401, 403, 404                     502 upstream_error (our configuration is wrong)
+    429                               429 with the upstream's Retry-After
+    5xx, a dropped connection         502 upstream_error
+    a timeout                         504 upstream_timeout
+
+A client that disconnects closes the upstream response at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletionChunk
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatbot_api.errors import (
+    ChatbotAPIError,
+    InvalidRequestError,
+    RateLimitError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from chatbot_api.providers.base import (
+    Finish,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+    Usage,
+)
+
+__all__ = ["OpenAIUpstreamConfig", "OpenAIUpstreamProvider"]
+
+logger = logging.getLogger(__name__)
+
+#: Fields of the client's request that are ours, not the upstream's.
+_OURS = frozenset({"model", "stream", "stream_options", "store", "metadata", "messages"})
+
+
+class OpenAIUpstreamConfig(BaseModel):
+    """Keys of a ``provider = "openai"`` entry in the models file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(description="The upstream's API root, e.g. https://api.openai.com/v1.")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the upstream's API key."
+    )
+    upstream_model: str | None = Field(
+        default=None, description="The model's name upstream; the entry's id when unset."
+    )
+    timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for the upstream.")
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+    max_retries: int = Field(
+        default=2, ge=0, description="Retries of connection errors, 429s and 5xx before the answer."
+    )
+
+
+class OpenAIUpstreamProvider:
+    supported_parameters: frozenset[str] = frozenset(
+        {
+            "tools",
+            "tool_choice",
+            "functions",
+            "function_call",
+            "response_format",
+            "logprobs",
+            "top_logprobs",
+            "logit_bias",
+            "n",
+            "audio",
+            "prediction",
+            "web_search_options",
+            "reasoning_effort",
+            "verbosity",
+        }
+    )
+
+    def __init__(self, model_id: str, config: OpenAIUpstreamConfig) -> None:
+        key = "unused"
+        if config.api_key_env is not None:
+            found = os.environ.get(config.api_key_env)
+            if not found:
+                raise ValueError(
+                    f"model {model_id!r}: the environment variable {config.api_key_env} "
+                    "(api_key_env) is not set"
+                )
+            key = found
+        self._model = config.upstream_model or model_id
+        self._client = openai.AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=key,
+            timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),
+            max_retries=config.max_retries,
+        )
+
+    def problem(self) -> str | None:
+        return None
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        wire = request.request
+        body = wire.model_dump(mode="json", exclude_unset=True, exclude=set(_OURS))
+        messages = wire.model_dump(mode="json", exclude_unset=True, include={"messages"})
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self._model,
+                messages=messages["messages"],
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=body,
+            )
+        except openai.OpenAIError as exc:
+            raise _ours(exc) from None
+        try:
+            async for chunk in stream:
+                for event in _events(chunk):
+                    yield event
+        except openai.OpenAIError as exc:
+            raise _ours(exc) from None
+        finally:
+            await stream.close()
+
+
+def _events(chunk: ChatCompletionChunk) -> list[GenerationEvent]:
+    events: list[GenerationEvent] = []
+    for choice in chunk.choices:
+        delta = choice.delta
+        if delta.content:
+            logprobs = None
+            if choice.logprobs is not None and choice.logprobs.content:
+                logprobs = tuple(
+                    TokenLogprob(
+                        token=item.token,
+                        logprob=item.logprob,
+                        bytes=tuple(item.bytes or ()),
+                        top_logprobs=tuple(
+                            TopLogprob(top.token, top.logprob, tuple(top.bytes or ()))
+                            for top in item.top_logprobs
+                        ),
+                    )
+                    for item in choice.logprobs.content
+                )
+            events.append(TextDelta(delta.content, choice.index, logprobs))
+        for call in delta.tool_calls or ():
+            events.append(ToolCallDelta(call.model_dump(exclude_none=True), choice.index))
+        if choice.finish_reason is not None:
+            reason = choice.finish_reason
+            events.append(Finish("stop" if reason == "function_call" else reason, choice.index))
+    if chunk.usage is not None:
+        events.append(Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
+    return events
+
+
+def _ours(exc: openai.OpenAIError) -> ChatbotAPIError:
+    """The error our client sees for an upstream failure (logged with what we know)."""
+    if isinstance(exc, openai.APITimeoutError):
+        logger.warning("the upstream timed out")
+        return UpstreamTimeoutError()
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        logger.warning("the upstream answered %s", status, extra={"upstream_status": status})
+        if status in (400, 422):
+            body = exc.body if isinstance(exc.body, dict) else {}
+            return InvalidRequestError(
+                str(body.get("message") or exc.message),
+                param=body.get("param") if isinstance(body.get("param"), str) else None,
+                code=body.get("code") if isinstance(body.get("code"), str) else None,
+            )
+        if status == 429:
+            return RateLimitError(
+                "The upstream model service is rate limiting us; please retry later.",
+                retry_after=_retry_after(exc.response),
+            )
+        return UpstreamError(status)
+    logger.warning("the upstream failed: %s", type(exc).__name__)
+    return UpstreamError(None)
+
+
+def _retry_after(response: httpx2.Response) -> float:
+    headers = response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:
+        pass
+    return 1.0

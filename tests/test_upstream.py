@@ -1,0 +1,202 @@
+"""The ``openai`` provider against real HTTP upstreams: a second chatbot-api serving ``echo``,
+and a fault-injecting upstream of the suite's own (``tests/upstreams.py``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from chatbot_api.app import create_app
+from tests.clients import HELLO
+from tests.conftest import SdkFactory, ServerFactory, make_settings
+from tests.providers import TEST_PROVIDER_KINDS
+from tests.servers import LiveServer
+from tests.upstreams import SECRET_UPSTREAM_KEY, fault_upstream
+
+FAULTS = (
+    "bad-request",
+    "unauthorized",
+    "rate-limited",
+    "fail-500",
+    "stall",
+    "tools",
+    "drop-mid-stream",
+    "missing",
+)
+
+
+@pytest.fixture(scope="module")
+def upstream(models_file: Path) -> Iterator[LiveServer]:
+    """Our own server, serving echo (and the slow echo-slow): the healthy upstream."""
+    app = create_app(make_settings(models_file=models_file), provider_kinds=TEST_PROVIDER_KINDS)
+    with LiveServer(app) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def faulty() -> Iterator[LiveServer]:
+    with LiveServer(fault_upstream()) as live:
+        yield live
+
+
+@pytest.fixture
+def front(
+    start_server: ServerFactory,
+    upstream: LiveServer,
+    faulty: LiveServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> LiveServer:
+    """Our server in front of both upstreams."""
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", SECRET_UPSTREAM_KEY)
+    entries = [
+        f'[models.proxied]\nprovider = "openai"\nbase_url = "{upstream.base_url}/v1"\n'
+        'upstream_model = "echo"\n',
+        f'[models."proxied-slow"]\nprovider = "openai"\nbase_url = "{upstream.base_url}/v1"\n'
+        'upstream_model = "echo-slow"\n',
+    ]
+    for fault in FAULTS:
+        entries.append(
+            f'[models."{fault}"]\nprovider = "openai"\nbase_url = "{faulty.base_url}/v1"\n'
+            'api_key_env = "TEST_UPSTREAM_KEY"\nmax_retries = 0\ntimeout = 1.0\n'
+        )
+    models = tmp_path / "upstreams.toml"
+    models.write_text("\n".join(entries))
+    return start_server(models_file=models)
+
+
+def test_a_completion_passes_through(front: LiveServer, sdk: SdkFactory) -> None:
+    reply = sdk(front, "sk-anything").chat.completions.create(
+        model="proxied", messages=[{"role": "user", "content": "hello upstream"}], store=True
+    )
+
+    assert reply.model == "proxied"
+    assert reply.choices[0].message.content == "hello upstream"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 2
+    assert sdk(front, "sk-anything").chat.completions.retrieve(reply.id).id == reply.id
+
+
+def test_a_stream_keeps_our_framing(front: LiveServer) -> None:
+    body = {
+        "model": "proxied",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "n": 2,
+        "messages": [{"role": "user", "content": "one two three"}],
+    }
+    with httpx.stream("POST", f"{front.base_url}/v1/chat/completions", json=body) as answer:
+        data = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(item) for item in data[:-1]]
+    roles = [
+        c["choices"][0]["index"]
+        for c in chunks
+        if c["choices"] and "role" in c["choices"][0]["delta"]
+    ]
+    assert sorted(roles) == [0, 1]  # the role once per choice, from us
+    texts = {0: "", 1: ""}
+    for c in chunks:
+        for choice in c["choices"]:
+            texts[choice["index"]] += choice["delta"].get("content") or ""
+    assert texts == {0: "one two three", 1: "one two three"}
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_streamed_tool_calls_keep_their_index_and_id(front: LiveServer, sdk: SdkFactory) -> None:
+    client = sdk(front, "sk-anything")
+    tools: list[openai.types.chat.ChatCompletionToolParam] = [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    ]
+
+    pieces = []
+    with client.chat.completions.create(
+        model="tools", messages=HELLO, tools=tools, stream=True
+    ) as s:
+        for chunk in s:
+            if chunk.choices and chunk.choices[0].delta.tool_calls:
+                pieces.extend(chunk.choices[0].delta.tool_calls)
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish = chunk.choices[0].finish_reason
+    whole = client.chat.completions.create(model="tools", messages=HELLO, tools=tools)
+
+    assert pieces[0].index == 0
+    assert pieces[0].id == "call_up_1"
+    assert "".join(p.function.arguments or "" for p in pieces if p.function) == '{"city": "Paris"}'
+    assert finish == "tool_calls"
+    call = whole.choices[0].message.tool_calls
+    assert call is not None
+    assert call[0].id == "call_up_1"
+    assert call[0].function.arguments == '{"city": "Paris"}'  # type: ignore[union-attr]
+    assert whole.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("model", "error", "status", "code"),
+    [
+        ("bad-request", openai.BadRequestError, 400, "upstream_code"),
+        ("unauthorized", openai.InternalServerError, 502, "upstream_error"),
+        ("fail-500", openai.InternalServerError, 502, "upstream_error"),
+        ("missing", openai.InternalServerError, 502, "upstream_error"),
+        ("rate-limited", openai.RateLimitError, 429, "rate_limit_exceeded"),
+        ("stall", openai.InternalServerError, 504, "upstream_timeout"),
+    ],
+)
+def test_upstream_faults_become_our_errors(
+    front: LiveServer,
+    sdk: SdkFactory,
+    model: str,
+    error: type[openai.APIStatusError],
+    status: int,
+    code: str,
+) -> None:
+    with pytest.raises(error) as caught:
+        sdk(front, "sk-anything").chat.completions.create(model=model, messages=HELLO)
+
+    assert caught.value.status_code == status
+    assert caught.value.code == code
+    assert SECRET_UPSTREAM_KEY not in caught.value.response.text
+    if model == "bad-request":
+        assert "'temperature' is out of range" in caught.value.message
+    if model == "rate-limited":
+        assert caught.value.response.headers["retry-after"] == "7"
+
+
+def test_a_drop_mid_stream_is_an_error_event_then_the_end(front: LiveServer) -> None:
+    body = {"model": "drop-mid-stream", "stream": True, "messages": HELLO}
+    with httpx.stream("POST", f"{front.base_url}/v1/chat/completions", json=body) as answer:
+        data = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+
+    assert answer.status_code == 200
+    assert "half an ans" in "".join(data)
+    assert data[-1] == "[DONE]"
+    assert json.loads(data[-2])["error"]["code"] == "upstream_error"
+
+
+def test_a_client_that_leaves_stops_the_upstream(
+    front: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    words = " ".join(f"w{n}" for n in range(200))  # 10 s of echo-slow
+    body = {
+        "model": "proxied-slow",
+        "stream": True,
+        "messages": [{"role": "user", "content": words}],
+    }
+    with httpx.stream("POST", f"{front.base_url}/v1/chat/completions", json=body) as answer:
+        for _ in zip(range(3), answer.iter_lines(), strict=False):
+            pass
+    left = time.monotonic()
+
+    # Both ends log it: ours when the client left, the upstream's when we closed its stream.
+    while caplog.text.count("client disconnected; generation stopped") < 2:
+        assert time.monotonic() - left < 3, "the upstream kept generating"
+        time.sleep(0.05)

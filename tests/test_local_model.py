@@ -231,9 +231,20 @@ def test_full_slots_and_queue_answer_503(sdk: openai.OpenAI, llama_server: LiveS
     with httpx.stream(
         "POST",
         f"{llama_server.base_url}/v1/chat/completions",
-        json={"model": "tiny-slot", "messages": long_story, "stream": True, "max_tokens": 60},
+        json={
+            "model": "tiny-slot",
+            "messages": long_story,
+            "stream": True,
+            "max_tokens": 100,
+            # No newline (107, 108: where a transcript's stop strings begin), no end of text
+            # (1) or turn (106): the sequence runs its 100 tokens and keeps the slot.
+            "logit_bias": {"107": -100, "108": -100, "1": -100, "106": -100},
+        },
     ) as busy:
-        next(busy.iter_lines())  # the only sequence is now taken
+        # Keep the iterator: a discarded one is closed, which closes the stream, which (as it
+        # should) frees the slot at once.
+        lines = busy.iter_lines()
+        next(lines)  # the only sequence is now taken
         with pytest.raises(openai.InternalServerError) as caught:
             sdk.chat.completions.create(model="tiny-slot", messages=FRANCE)
 

@@ -22,7 +22,7 @@ $(POETRY):
 
 $(VENV)/.installed: pyproject.toml poetry.lock | $(POETRY)
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(POETRY) sync
+	$(POETRY) sync --all-extras
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the app with its dev tools

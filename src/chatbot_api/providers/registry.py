@@ -27,6 +27,7 @@ from chatbot_api.config import Settings
 from chatbot_api.errors import ModelNotFoundError
 from chatbot_api.providers.base import Provider
 from chatbot_api.providers.echo import EchoConfig, EchoProvider
+from chatbot_api.providers.langchain_runnable import LangChainConfig
 from chatbot_api.providers.llama.bundled import BUNDLED_MODEL_ID
 from chatbot_api.providers.llama.config import LlamaCppConfig
 from chatbot_api.providers.openai_upstream import OpenAIUpstreamConfig
@@ -86,10 +87,18 @@ def _build_openai(spec: ModelSpec, settings: Settings) -> Provider:
     return OpenAIUpstreamProvider(spec.id, spec.config)
 
 
+def _build_langchain(spec: ModelSpec, settings: Settings) -> Provider:
+    from chatbot_api.providers.langchain_runnable import LangChainProvider
+
+    assert isinstance(spec.config, LangChainConfig)
+    return LangChainProvider(spec.config)
+
+
 PROVIDER_KINDS: dict[str, ProviderKind] = {
     "echo": ProviderKind(config=EchoConfig, build=_build_echo),
     "llama_cpp": ProviderKind(config=LlamaCppConfig, build=_build_llama_cpp),
     "openai": ProviderKind(config=OpenAIUpstreamConfig, build=_build_openai),
+    "langchain": ProviderKind(config=LangChainConfig, build=_build_langchain),
 }
 
 _COMMON_KEYS = ("provider", "owned_by", "created")

@@ -51,6 +51,10 @@ bench: install ## Every benchmark in bench/, each against its baseline (needs wr
 	$(BIN)/python -m bench.store_overhead
 	$(BIN)/python -m bench.security_overhead
 	$(BIN)/python -m bench.soak
+	@# LiteLLM's proxy is the upstream benchmark's baseline, in a virtualenv of its own.
+	test -x .bench/litellm/bin/litellm || { $(PYTHON) -m venv .bench/litellm && \
+		.bench/litellm/bin/pip install --quiet --disable-pip-version-check "litellm[proxy]==1.108.7"; }
+	$(BIN)/python -m bench.upstream_overhead
 	@# llama-cpp-python's own server is the baseline; its extra is for the benchmark only.
 	$(BIN)/pip install --quiet --disable-pip-version-check \
 		"llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"

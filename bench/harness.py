@@ -77,7 +77,7 @@ def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
 
 @contextmanager
 def server_process(
-    command: list[str], port: int, env: dict[str, str], *, pinned: bool = True
+    command: list[str], port: int, env: dict[str, str], *, pinned: bool = True, wait: float = 30
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     process = subprocess.Popen(
         (pin(0) if pinned else []) + command,
@@ -87,7 +87,7 @@ def server_process(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + wait
         while True:
             try:
                 httpx.get(f"{base}/", timeout=1)  # any answer, even a 404, means it is up

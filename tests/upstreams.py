@@ -64,6 +64,33 @@ async def _tool_call_stream() -> AsyncIterator[str]:
     yield "data: [DONE]\n\n"
 
 
+_TOOL_CALL_COMPLETION = {
+    "id": "chatcmpl-up",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "up",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_up_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16},
+}
+
+
 async def _dropping_stream() -> AsyncIterator[str]:
     yield _chunk({"role": "assistant", "content": ""})
     yield _chunk({"content": "half an ans"})
@@ -85,7 +112,9 @@ async def _completions(request: Request) -> Response:
     if behaviour == "stall":
         await asyncio.sleep(30)
     if behaviour == "tools":
-        return StreamingResponse(_tool_call_stream(), media_type="text/event-stream")
+        if body.get("stream"):
+            return StreamingResponse(_tool_call_stream(), media_type="text/event-stream")
+        return JSONResponse(_TOOL_CALL_COMPLETION)
     if behaviour == "drop-mid-stream":
         return StreamingResponse(_dropping_stream(), media_type="text/event-stream")
     return _error(404, f"The model '{behaviour}' does not exist")

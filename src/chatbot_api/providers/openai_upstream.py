@@ -2,9 +2,10 @@
 server, another chatbot-api) behind our API, through the official ``openai`` SDK.
 
 The client's request goes upstream as sent (tools, response_format, logprobs, n, seed...),
-always streamed, so that one path serves both kinds of answer and our own framing (role
-first, the usage chunk when asked, ``[DONE]``) stays intact; tool-call pieces keep the
-``index`` and ``id`` the upstream gave them. Upstream faults become our errors, never leaking
+streamed when the client streams (with usage, so that our own framing holds: role first, the
+usage chunk when asked, ``[DONE]``), as one JSON answer when it does not; either way it
+becomes the same events. Tool-call pieces keep the ``index`` and ``id`` the upstream gave
+them. Upstream faults become our errors, never leaking
 the upstream's key:
 
     upstream                          ours
@@ -22,10 +23,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot_api.errors import (
@@ -37,6 +39,7 @@ from chatbot_api.errors import (
 )
 from chatbot_api.providers.base import (
     Finish,
+    FinishReason,
     GenerationEvent,
     GenerationRequest,
     TextDelta,
@@ -121,6 +124,20 @@ class OpenAIUpstreamProvider:
         wire = request.request
         body = wire.model_dump(mode="json", exclude_unset=True, exclude=set(_OURS))
         messages = wire.model_dump(mode="json", exclude_unset=True, include={"messages"})
+        if not wire.stream:
+            # One JSON answer parses in a fraction of the time of a stream of chunks.
+            try:
+                completion = await self._client.chat.completions.create(
+                    model=self._model, messages=messages["messages"], extra_body=body
+                )
+            except openai.OpenAIError as exc:
+                raise _ours(exc) from None
+            if not isinstance(completion, ChatCompletion):  # e.g. an event stream regardless
+                logger.warning("the upstream did not answer with a chat completion")
+                raise UpstreamError(None)
+            for event in _completion_events(completion):
+                yield event
+            return
         try:
             stream = await self._client.chat.completions.create(
                 model=self._model,
@@ -141,31 +158,52 @@ class OpenAIUpstreamProvider:
             await stream.close()
 
 
+def _logprobs(logprobs: Any) -> tuple[TokenLogprob, ...] | None:
+    if logprobs is None or not logprobs.content:
+        return None
+    return tuple(
+        TokenLogprob(
+            token=item.token,
+            logprob=item.logprob,
+            bytes=tuple(item.bytes or ()),
+            top_logprobs=tuple(
+                TopLogprob(top.token, top.logprob, tuple(top.bytes or ()))
+                for top in item.top_logprobs
+            ),
+        )
+        for item in logprobs.content
+    )
+
+
+def _finish(reason: str) -> FinishReason:
+    return "stop" if reason == "function_call" else cast(FinishReason, reason)
+
+
+def _completion_events(completion: ChatCompletion) -> list[GenerationEvent]:
+    events: list[GenerationEvent] = []
+    for choice in completion.choices:
+        message = choice.message
+        if message.content:
+            events.append(TextDelta(message.content, choice.index, _logprobs(choice.logprobs)))
+        for number, call in enumerate(message.tool_calls or ()):
+            piece = {"index": number, **call.model_dump(exclude_none=True)}
+            events.append(ToolCallDelta(piece, choice.index))
+        events.append(Finish(_finish(choice.finish_reason), choice.index))
+    if completion.usage is not None:
+        events.append(Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens))
+    return events
+
+
 def _events(chunk: ChatCompletionChunk) -> list[GenerationEvent]:
     events: list[GenerationEvent] = []
     for choice in chunk.choices:
         delta = choice.delta
         if delta.content:
-            logprobs = None
-            if choice.logprobs is not None and choice.logprobs.content:
-                logprobs = tuple(
-                    TokenLogprob(
-                        token=item.token,
-                        logprob=item.logprob,
-                        bytes=tuple(item.bytes or ()),
-                        top_logprobs=tuple(
-                            TopLogprob(top.token, top.logprob, tuple(top.bytes or ()))
-                            for top in item.top_logprobs
-                        ),
-                    )
-                    for item in choice.logprobs.content
-                )
-            events.append(TextDelta(delta.content, choice.index, logprobs))
+            events.append(TextDelta(delta.content, choice.index, _logprobs(choice.logprobs)))
         for call in delta.tool_calls or ():
             events.append(ToolCallDelta(call.model_dump(exclude_none=True), choice.index))
         if choice.finish_reason is not None:
-            reason = choice.finish_reason
-            events.append(Finish("stop" if reason == "function_call" else reason, choice.index))
+            events.append(Finish(_finish(choice.finish_reason), choice.index))
     if chunk.usage is not None:
         events.append(Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
     return events

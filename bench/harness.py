@@ -7,6 +7,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import httpx
 __all__ = [
     "Result",
     "bench_env",
+    "create_key",
     "free_port",
     "lua",
     "pin",
@@ -33,6 +35,18 @@ def lua(body: str, headers: dict[str, str] | None = None) -> str:
     for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
         lines.append(f'wrk.headers["{name}"] = "{value}"')
     return "\n".join(lines) + "\n"
+
+
+def create_key(env: dict[str, str], name: str) -> str:
+    """An API key made by ``chatbot-api keys create`` in the database ``env`` names."""
+    made = subprocess.run(
+        [sys.executable, "-m", "chatbot_api", "keys", "create", "--name", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip()
 
 
 def bench_env(**settings: str) -> dict[str, str]:

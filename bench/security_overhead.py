@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import Result, bench_env, free_port, lua, server, wrk
+from bench.harness import Result, bench_env, create_key, free_port, lua, server, wrk
 
 BODY = (
     '{"model": "echo", "messages": [{"role": "system", "content": "You are terse."}, '
@@ -79,14 +78,7 @@ def main() -> None:
             rate_limit_rpm=BIG,
             rate_limit_tpm=BIG,
         )
-        made = subprocess.run(
-            [sys.executable, "-m", "chatbot_api", "keys", "create", "--name", "bench"],
-            env=on_env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        key = made.stdout.strip()
+        key = create_key(on_env, "bench")
         configurations = {"off": off_env, "on": on_env}
         if _redis_answers(args.redis):
             configurations["on+redis"] = {**on_env, "CHATBOT_REDIS_URL": args.redis}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import openai
 
-from bench.harness import bench_env, free_port, server_process
+from bench.harness import bench_env, create_key, free_port, server_process
 
 MASTER = "sk-bench-master-key-0123456789"
 
@@ -89,13 +88,7 @@ def main() -> None:
             rate_limit_rpm="1000000000",
             rate_limit_tpm="1000000000",
         )
-        key = subprocess.run(
-            [sys.executable, "-m", "chatbot_api", "keys", "create", "--name", "soak"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        key = create_key(env, "soak")
         port = free_port()
         command = [
             sys.executable,

@@ -67,3 +67,5 @@ def test_serve_in_its_own_process_answers_and_stops_on_sigterm(
         assert len(files) == 3
         serving = [f for f in files if '"message": "serving models"' in f.read_text()]
         assert len(serving) == 2
+        # Without Redis each worker counts limits on its own, and says so.
+        assert "counted in each of the 2 workers separately" in serving[0].read_text()

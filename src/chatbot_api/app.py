@@ -99,6 +99,12 @@ def create_app(
             registry = await ModelRegistry.open(specs, settings, provider_kinds)
             resources.push_async_callback(registry.aclose)
             limiter = RateLimiter.from_settings(settings)
+            if settings.workers > 1 and settings.redis_url is None:
+                logger.warning(
+                    "rate limits are counted in each of the %d workers separately; set "
+                    "CHATBOT_REDIS_URL so that they share one count",
+                    settings.workers,
+                )
             resources.push_async_callback(limiter.aclose)
             chat_service = ChatService(
                 registry,

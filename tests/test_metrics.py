@@ -80,7 +80,7 @@ def test_two_workers_share_limits_data_and_metrics(tmp_path: Path, sdk: SdkFacto
     )
     with ServerProcess(env, tmp_path / "output.txt", "--workers", "2") as server:
         key = str(make_key(server, rpm=6)["key"])
-        pids = set()
+        remaining = set()
         ids = []
         for _ in range(6):
             # A new connection each time, so that both workers take requests.
@@ -90,14 +90,14 @@ def test_two_workers_share_limits_data_and_metrics(tmp_path: Path, sdk: SdkFacto
                     model="echo", messages=HELLO, store=True
                 )
                 ids.append(raw.parse().id)
-                pids.add(raw.headers["x-ratelimit-remaining-requests"])
+                remaining.add(raw.headers["x-ratelimit-remaining-requests"])
         with pytest.raises(openai.RateLimitError):
             sdk(server, key).chat.completions.create(model="echo", messages=HELLO)
         stored = {c.id for c in sdk(server, key).chat.completions.list(limit=100)}
         samples = _samples(server)
 
     assert server.returncode == 0, server.output.read_text()
-    assert pids == {"5", "4", "3", "2", "1", "0"}  # one count, whichever worker answered
+    assert remaining == {"5", "4", "3", "2", "1", "0"}  # one count, whichever worker answered
     assert stored == set(ids)
     route = {"route": "/v1/chat/completions", "method": "POST", "model": "echo"}
     assert _value(samples, "chatbot_requests_total", **route, status="200") == 6

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot_api.providers.base import (
     Finish,
-    FinishReason,
     GenerationEvent,
     GenerationRequest,
     TextDelta,
@@ -83,7 +82,6 @@ class LangChainProvider:
         matcher = StopMatcher(request.stop)
         produced: list[str] = []
         reported: tuple[int, int] | None = None
-        reason: FinishReason = "stop"
         stream = self._runnable.astream(messages)
         try:
             async for chunk in stream:
@@ -106,7 +104,7 @@ class LangChainProvider:
                     yield TextDelta(rest)
         finally:
             await stream.aclose()
-        yield Finish(reason)
+        yield Finish("stop")
         if reported is None:
             prompt = sum(count_tokens(m.text) for m in request.messages)
             reported = (prompt, count_tokens("".join(produced)))

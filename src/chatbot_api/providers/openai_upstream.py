@@ -54,7 +54,7 @@ __all__ = ["OpenAIUpstreamConfig", "OpenAIUpstreamProvider"]
 logger = logging.getLogger(__name__)
 
 #: Fields of the client's request that are ours, not the upstream's.
-_OURS = frozenset({"model", "stream", "stream_options", "store", "metadata", "messages"})
+_OURS = frozenset({"model", "stream", "stream_options", "store", "metadata"})
 
 
 class OpenAIUpstreamConfig(BaseModel):
@@ -123,7 +123,7 @@ class OpenAIUpstreamProvider:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         wire = request.request
         body = wire.model_dump(mode="json", exclude_unset=True, exclude=set(_OURS))
-        messages = wire.model_dump(mode="json", exclude_unset=True, include={"messages"})
+        messages = {"messages": body.pop("messages")}
         if not wire.stream:
             # One JSON answer parses in a fraction of the time of a stream of chunks.
             try:

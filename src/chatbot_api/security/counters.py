@@ -1,7 +1,8 @@
 """Where the rate limiter keeps its counters: in this process, or in Redis for every worker.
 
-The Redis side is the ``limits`` library's storage (its atomic increment-with-expiry script),
-so that several workers and replicas count against one limit. In one process a dict does:
+The Redis side is the ``limits`` library's storage (its atomic increment-with-expiry script,
+and ours doing the same for several counters in one round trip), so that several workers and
+replicas count against one limit. In one process a dict does:
 ``limits``' own in-memory storage sweeps every counter it holds on every increment, which at
 a thousand live counters costs more than the rest of a request (see docs/benchmarks.md).
 """

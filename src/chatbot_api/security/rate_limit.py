@@ -95,10 +95,10 @@ class Quota:
 
     async def settle(self, used_tokens: int | None) -> None:
         """Hand back the reserved tokens that were not used. ``None``: usage unknown, keep all."""
-        if self.settled:
+        if self.limiter is None or self.settled:
             return
         self.settled = True
-        if self.limiter is None or used_tokens is None:
+        if used_tokens is None:
             return
         unused = self.reserved_tokens - used_tokens
         if unused > 0:

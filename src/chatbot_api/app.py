@@ -12,10 +12,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from chatbot_api import __version__
 from chatbot_api.api import admin, chat, health, metrics, models, stored
 from chatbot_api.api.deps import authenticate
+from chatbot_api.api.error_handlers import install_exception_handlers
 from chatbot_api.api.responses import drop_validation_422
 from chatbot_api.config import Settings
 from chatbot_api.db.engine import Database, default_database_url
-from chatbot_api.errors import install_exception_handlers
 from chatbot_api.logs import configure_logging, reset_logging
 from chatbot_api.middleware import RequestContextMiddleware
 from chatbot_api.providers.registry import (

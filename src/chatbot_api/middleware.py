@@ -17,9 +17,11 @@ from chatbot_api import metrics
 from chatbot_api.context import RequestContext, request_context
 from chatbot_api.errors import internal_error
 
-__all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware"]
+__all__ = ["REQUEST_ID_HEADER", "REQUEST_ID_STATE", "RequestContextMiddleware"]
 
 REQUEST_ID_HEADER = "x-request-id"
+#: Where the request's id waits in ``request.state`` for the routes.
+REQUEST_ID_STATE = "request_id"
 # A client's id is echoed into headers and logs, so only a short, plain token is trusted.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -50,6 +52,8 @@ class RequestContextMiddleware:
 
         context = RequestContext(request_id=_incoming_request_id(scope))
         token = request_context.set(context)
+        # The routes read the id from the request itself (``api.deps.request_id``).
+        scope.setdefault("state", {})[REQUEST_ID_STATE] = context.request_id
         header = (REQUEST_ID_HEADER.encode(), context.request_id.encode())
         started = time.perf_counter()
         status = 500

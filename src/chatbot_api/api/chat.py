@@ -6,11 +6,11 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
-from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address
+from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address, request_id
 from chatbot_api.api.responses import error_responses
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletion
-from chatbot_api.security.rate_limit import settle_after, used_tokens
+from chatbot_api.security.rate_limit import settle_after
 from chatbot_api.services.shutdown import end_at_shutdown
 
 __all__ = ["router"]
@@ -56,7 +56,7 @@ async def create_chat_completion(
     per minute; the tokens are reserved up front (prompt plus maximum) and settled after.
     """
     chat = services.chat
-    prepared = chat.prepare(body)
+    prepared = chat.prepare(body, principal, request_id=request_id(request))
     quota = await services.limiter.admit(
         principal, client_address(request), tokens=prepared.reserved_tokens
     )
@@ -74,9 +74,9 @@ async def create_chat_completion(
                 # Ours ends the stream with an error event; sse-starlette's is the backstop.
                 shutdown_grace_period=grace + _BACKSTOP_SECONDS,
             )
-        content = await chat.complete(prepared)
+        completion = await chat.complete(prepared)
     except Exception:
         await quota.settle(0)  # refused before generating: nothing was used
         raise
-    await quota.settle(used_tokens())
-    return Response(content, media_type="application/json", headers=quota.headers)
+    await quota.settle(completion.usage.total_tokens)
+    return Response(completion.body, media_type="application/json", headers=quota.headers)

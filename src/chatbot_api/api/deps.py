@@ -11,12 +11,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from chatbot_api.context import current_request
 from chatbot_api.errors import AuthenticationError
+from chatbot_api.middleware import REQUEST_ID_STATE
 from chatbot_api.security.auth import Principal
 from chatbot_api.state import AppServices
 
-__all__ = ["PrincipalDep", "ServicesDep", "authenticate", "client_address"]
+__all__ = ["PrincipalDep", "ServicesDep", "authenticate", "client_address", "request_id"]
 
 
 async def get_services(request: Request) -> AppServices:
@@ -26,6 +26,12 @@ async def get_services(request: Request) -> AppServices:
 
 
 ServicesDep = Annotated[AppServices, Depends(get_services)]
+
+
+def request_id(request: Request) -> str | None:
+    """The id ``RequestContextMiddleware`` gave this request (stored with its completion)."""
+    found = getattr(request.state, REQUEST_ID_STATE, None)
+    return found if isinstance(found, str) else None
 
 
 def client_address(request: Request) -> str:
@@ -46,10 +52,6 @@ async def authenticate(request: Request, services: ServicesDep) -> Principal:
     except AuthenticationError:
         await services.limiter.count_auth_failure(address)
         raise
-    context = current_request()
-    if context is not None:
-        context.principal = principal
-        context.owner = principal.owner
     return principal
 
 

@@ -7,9 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from chatbot_api.api.deps import ServicesDep
+from chatbot_api.api.deps import PrincipalDep, ServicesDep
 from chatbot_api.api.responses import error_responses
-from chatbot_api.context import current_owner
 from chatbot_api.errors import InvalidRequestError
 from chatbot_api.schemas.stored import (
     ChatCompletionDeleted,
@@ -51,6 +50,7 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 async def list_completions(
     request: Request,
     services: ServicesDep,
+    principal: PrincipalDep,
     model: Annotated[str | None, Query(description="Only completions of this model.")] = None,
     after: After = None,
     limit: Limit = 20,
@@ -59,7 +59,7 @@ async def list_completions(
     """Completions created with `store: true` by the caller, filtered by `model` and
     `metadata[key]=value`, paged with `after` and `limit`."""
     page = await services.store.list(
-        current_owner(),
+        principal.owner,
         model=model,
         metadata=_metadata_filter(request),
         after=after,
@@ -75,9 +75,11 @@ async def list_completions(
     response_model=StoredChatCompletion,
     responses=error_responses(404),
 )
-async def retrieve_completion(completion_id: CompletionId, services: ServicesDep) -> JSONResponse:
+async def retrieve_completion(
+    completion_id: CompletionId, services: ServicesDep, principal: PrincipalDep
+) -> JSONResponse:
     """One stored completion, with its current metadata."""
-    return JSONResponse(await services.store.get(current_owner(), completion_id))
+    return JSONResponse(await services.store.get(principal.owner, completion_id))
 
 
 @router.post(
@@ -87,10 +89,13 @@ async def retrieve_completion(completion_id: CompletionId, services: ServicesDep
     responses=error_responses(400, 404),
 )
 async def update_completion(
-    completion_id: CompletionId, body: UpdateMetadataRequest, services: ServicesDep
+    completion_id: CompletionId,
+    body: UpdateMetadataRequest,
+    services: ServicesDep,
+    principal: PrincipalDep,
 ) -> JSONResponse:
     """Replaces `metadata`; nothing else of a stored completion can change."""
-    updated = await services.store.update_metadata(current_owner(), completion_id, body.metadata)
+    updated = await services.store.update_metadata(principal.owner, completion_id, body.metadata)
     return JSONResponse(updated)
 
 
@@ -100,9 +105,11 @@ async def update_completion(
     response_model=ChatCompletionDeleted,
     responses=error_responses(404),
 )
-async def delete_completion(completion_id: CompletionId, services: ServicesDep) -> JSONResponse:
+async def delete_completion(
+    completion_id: CompletionId, services: ServicesDep, principal: PrincipalDep
+) -> JSONResponse:
     """Deletes it for good."""
-    return JSONResponse(await services.store.delete(current_owner(), completion_id))
+    return JSONResponse(await services.store.delete(principal.owner, completion_id))
 
 
 @router.get(
@@ -114,13 +121,14 @@ async def delete_completion(completion_id: CompletionId, services: ServicesDep) 
 async def list_messages(
     completion_id: CompletionId,
     services: ServicesDep,
+    principal: PrincipalDep,
     after: After = None,
     limit: Limit = 20,
     order: Order = "asc",
 ) -> JSONResponse:
     """The request messages of a stored completion, paged."""
     page = await services.store.messages(
-        current_owner(), completion_id, after=after, limit=limit, order=order
+        principal.owner, completion_id, after=after, limit=limit, order=order
     )
     wire: dict[str, Any] = page.to_wire()
     return JSONResponse(wire)

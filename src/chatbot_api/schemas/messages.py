@@ -1,8 +1,8 @@
 """Request messages (``ChatCompletionRequestMessage``): one model per role, chosen by ``role``.
 
 Unions here use callable discriminators whose tags start with ``~``: Pydantic puts a union's
-tag into an error's location, and :func:`chatbot_api.errors.param_from_location` drops such
-tags so that a client reads ``messages[0].content`` rather than Pydantic's internals.
+tag into an error's location, and ``api.error_handlers.param_from_location`` drops such tags
+so that a client reads ``messages[0].content`` rather than Pydantic's internals.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatbot_api.errors import RequestTooLargeError, error_response
+from chatbot_api.api.error_handlers import error_response
+from chatbot_api.errors import RequestTooLargeError
 
 __all__ = ["SECURITY_HEADERS", "HardeningMiddleware"]
 

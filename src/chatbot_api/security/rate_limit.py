@@ -19,11 +19,10 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from chatbot_api import metrics
 from chatbot_api.config import Settings
-from chatbot_api.context import current_request
 from chatbot_api.errors import RateLimitError
 from chatbot_api.security.auth import Principal
 from chatbot_api.security.counters import Counters, InProcessCounters, RedisCounters
@@ -33,7 +32,6 @@ __all__ = [
     "RateLimiter",
     "format_reset",
     "settle_after",
-    "used_tokens",
 ]
 
 logger = logging.getLogger(__name__)
@@ -266,18 +264,19 @@ def _refusal(quota: Quota, limit: Literal["requests", "tokens"], tokens: int) ->
     )
 
 
-async def settle_after(stream: AsyncIterator[str], quota: Quota) -> AsyncIterator[str]:
+class StreamedUsage(Protocol):
+    """A stream whose usage is known once it ends (``services.chat.ChatStream``)."""
+
+    payloads: AsyncIterator[str]
+
+    @property
+    def used_tokens(self) -> int | None: ...
+
+
+async def settle_after(stream: StreamedUsage, quota: Quota) -> AsyncIterator[str]:
     """Pass a completion's SSE payloads through, settling its tokens once the stream ends."""
     try:
-        async for payload in stream:
+        async for payload in stream.payloads:
             yield payload
     finally:
-        await quota.settle(used_tokens())
-
-
-def used_tokens() -> int | None:
-    """The current request's real usage, once its provider has reported it."""
-    context = current_request()
-    if context is None or context.prompt_tokens is None or context.completion_tokens is None:
-        return None
-    return context.prompt_tokens + context.completion_tokens
+        await quota.settle(stream.used_tokens)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pydantic import TypeAdapter
 
 from chatbot_api import metrics
-from chatbot_api.context import current_owner, current_request
+from chatbot_api.context import current_request
 from chatbot_api.errors import ChatbotAPIError, ModelNotFoundError, internal_error
 from chatbot_api.providers.base import (
     Finish,
@@ -28,13 +28,14 @@ from chatbot_api.providers.registry import ModelRegistry, ModelSpec
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletionChunk, ChunkChoice, CompletionUsage, Delta
 from chatbot_api.schemas.messages import ChatMessage
+from chatbot_api.security.auth import Principal
 from chatbot_api.services.assembly import Assembly, wire_logprobs
 from chatbot_api.services.fanout import fan_out
 from chatbot_api.services.requests import build_generation_request, check_supported
 from chatbot_api.store.completions import CompletionStore
 from chatbot_api.store.writer import CompletionRecord
 
-__all__ = ["ChatService", "PreparedChat"]
+__all__ = ["ChatService", "ChatStream", "Completion", "PreparedChat"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class PreparedChat:
     generations: tuple[GenerationRequest, ...]
     n: int
     store: bool
+    #: Whose stored completions this one joins (``Principal.owner``).
+    owner: str
+    #: The request's id, kept with a stored completion.
+    request_id: str | None
     #: Tokens the rate limiter holds back until real usage is known.
     reserved_tokens: int
     #: ``time.perf_counter()`` when the request was prepared, for time to first token.
@@ -65,6 +70,28 @@ class PreparedChat:
 
     def assembly(self) -> Assembly:
         return Assembly(self.n, logprobs=bool(self.request.logprobs))
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished ``chat.completion``: its JSON text and what it used."""
+
+    body: str
+    usage: CompletionUsage
+
+
+class ChatStream:
+    """A streamed completion: its SSE payloads, and its usage once the provider reports it."""
+
+    payloads: AsyncIterator[str]
+
+    def __init__(self) -> None:
+        #: Filled in by the stream when the provider reports usage; None if it never did.
+        self.usage: CompletionUsage | None = None
+
+    @property
+    def used_tokens(self) -> int | None:
+        return None if self.usage is None else self.usage.total_tokens
 
 
 class ChatService:
@@ -82,11 +109,15 @@ class ChatService:
         self._reserve_tokens = reserve_tokens
         self._default_lengths: dict[str, int] = {}
 
-    def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
+    def prepare(
+        self,
+        request: ChatCompletionRequest,
+        principal: Principal,
+        *,
+        request_id: str | None = None,
+    ) -> PreparedChat:
         """Everything that can fail before a response starts fails here, as a proper status."""
-        context = current_request()
-        principal = context.principal if context is not None else None
-        if principal is not None and not principal.may_use(request.model):
+        if not principal.may_use(request.model):
             raise ModelNotFoundError(request.model, param="model")
         model = self._registry.get(request.model, param="model")
         supported = model.provider.supported_parameters
@@ -96,7 +127,8 @@ class ChatService:
             generations: tuple[GenerationRequest, ...] = (build_generation_request(request),)
         else:
             generations = tuple(build_generation_request(request, seed_offset=i) for i in range(n))
-        if context is not None:
+        context = current_request()
+        if context is not None:  # for the access log
             context.model = model.spec.id
             context.stream = bool(request.stream)
         return PreparedChat(
@@ -108,6 +140,8 @@ class ChatService:
             generations=generations,
             n=n,
             store=self._store_by_default if request.store is None else request.store,
+            owner=principal.owner,
+            request_id=request_id,
             reserved_tokens=self._reservation(model.spec, generations[0], n),
             started=time.perf_counter(),
         )
@@ -123,8 +157,8 @@ class ChatService:
             self._default_lengths[spec.id] = most
         return math.ceil(characters / 4) + n * most
 
-    async def complete(self, chat: PreparedChat) -> str:
-        """The ``chat.completion`` as JSON text, queued for the store when asked."""
+    async def complete(self, chat: PreparedChat) -> Completion:
+        """The ``chat.completion`` and its usage, queued for the store when asked."""
         assembly = chat.assembly()
         async for event in self._events(chat):
             assembly.add(event)
@@ -133,9 +167,9 @@ class ChatService:
         body = assembly.completion(chat.id, chat.created, chat.spec.id).model_dump_json()
         if chat.store:
             await self._save(chat, body, assembly.usage)
-        return body
+        return Completion(body, assembly.usage)
 
-    async def open_stream(self, chat: PreparedChat) -> AsyncIterator[str]:
+    async def open_stream(self, chat: PreparedChat) -> ChatStream:
         """Start generating and return the SSE payloads once the provider has answered.
 
         Waiting for the provider's first event before any byte is sent means that a refusal
@@ -148,13 +182,16 @@ class ChatService:
         except BaseException:
             await _close(events)
             raise
-        return self._stream(chat, first, events)
+        stream = ChatStream()
+        stream.payloads = self._stream(chat, first, events, stream)
+        return stream
 
     async def _stream(
         self,
         chat: PreparedChat,
         first: GenerationEvent | None,
         events: AsyncIterator[GenerationEvent],
+        out: ChatStream,
     ) -> AsyncIterator[str]:
         """The SSE ``data`` payloads of a streamed completion, ``[DONE]`` last.
 
@@ -196,7 +233,7 @@ class ChatService:
                         [ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)]
                     )
                 else:
-                    usage = _record_usage(event)
+                    out.usage = usage = _record_usage(event)
                     if chat.include_usage:
                         yield chunk([], usage)
             if assembly is not None:
@@ -207,10 +244,7 @@ class ChatService:
             yield exc.to_body().model_dump_json()
         except Exception:
             logger.exception("stream failed unexpectedly")
-            context = current_request()
-            yield (
-                internal_error(context.request_id if context else None).to_body().model_dump_json()
-            )
+            yield internal_error(chat.request_id).to_body().model_dump_json()
         except BaseException:
             logger.info(
                 "client disconnected; generation stopped",
@@ -230,15 +264,14 @@ class ChatService:
         return _measured(chat, events)
 
     async def _save(self, chat: PreparedChat, body: str, usage: CompletionUsage) -> None:
-        context = current_request()
         messages = _MESSAGES.dump_json(chat.request.messages, exclude_none=True).decode()
         await self._store.save(
             CompletionRecord(
                 id=chat.id,
-                owner=current_owner(),
+                owner=chat.owner,
                 model=chat.spec.id,
                 created=chat.created,
-                request_id=context.request_id if context else None,
+                request_id=chat.request_id,
                 messages_json=messages,
                 response_json=body,
                 metadata_=chat.request.metadata or {},
@@ -292,6 +325,7 @@ async def _measured(
 
 
 def _record_usage(event: Usage) -> CompletionUsage:
+    """The wire usage of ``event``; the access log learns the token counts too."""
     context = current_request()
     if context is not None:
         context.prompt_tokens = event.prompt_tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import openai
 import pytest
 
 from chatbot_api.app import create_app
+from chatbot_api.security.counters import Admission, Counters, InProcessCounters, RedisCounters
 from tests.clients import HELLO, MASTER, make_key
 from tests.conftest import SdkFactory, ServerFactory, make_settings
 from tests.providers import TEST_PROVIDER_KINDS
@@ -209,6 +211,78 @@ def test_repeated_failed_authentication_is_throttled_per_address(
 
     assert caught.value.code == "too_many_auth_failures"
     assert int(caught.value.response.headers["retry-after"]) >= 1
+
+
+def test_a_valid_key_is_let_in_from_an_address_that_keeps_failing(
+    start_server: ServerFactory, sdk: SdkFactory
+) -> None:
+    server = start_server(master_key=MASTER, auth_failures_per_minute=3)
+    valid = sdk(server, str(make_key(server)["key"]))
+    wrong = sdk(server, "sk-cb-0123456789abNOTAKEYNOTAKEYNOTAKEYNOTAKEY")
+    _same_minute()
+    for _ in range(3):
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+    with pytest.raises(openai.RateLimitError) as throttled:
+        wrong.models.list()
+
+    # Somebody else behind the same address (every client here is 127.0.0.1), with a key.
+    answer = valid.chat.completions.create(model="echo", messages=HELLO)
+    no_key = httpx.get(f"{server.base_url}/v1/models")
+
+    assert throttled.value.code == "too_many_auth_failures"
+    assert int(throttled.value.response.headers["retry-after"]) >= 1
+    assert answer.choices[0].message.content == "hi"
+    assert no_key.status_code == 429  # a request without a key still counts as a failure
+    with pytest.raises(openai.RateLimitError):
+        wrong.models.list()
+
+
+def _counters(where: str) -> Counters:
+    if where == "redis":
+        assert REDIS_URL is not None
+        return RedisCounters(REDIS_URL, timeout=5.0)
+    return InProcessCounters()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "where",
+    [
+        "process",
+        pytest.param(
+            "redis",
+            marks=pytest.mark.skipif(REDIS_URL is None, reason="CHATBOT_TEST_REDIS_URL is not set"),
+        ),
+    ],
+)
+async def test_admission_takes_from_both_counters_or_from_neither(where: str) -> None:
+    counters = _counters(where)
+    requests, tokens = f"requests-{uuid.uuid4().hex}", f"tokens-{uuid.uuid4().hex}"
+
+    async def admit(token_cost: int, request_limit: int = 10) -> Admission:
+        return await counters.admit(
+            requests,
+            tokens,
+            requests=1,
+            tokens=token_cost,
+            request_limit=request_limit,
+            token_limit=100,
+            expiry=60,
+        )
+
+    try:
+        first = await admit(60)
+        too_many_tokens = await admit(60)
+        fits = await admit(30)
+        too_many_requests = await admit(0, request_limit=2)
+    finally:
+        await counters.aclose()
+
+    assert first == Admission(1, 60, admitted=True)
+    assert too_many_tokens == Admission(1, 60, admitted=False)  # nothing taken, nothing shown
+    assert fits == Admission(2, 90, admitted=True)
+    assert too_many_requests == Admission(2, 90, admitted=False)
 
 
 @pytest.mark.skipif(REDIS_URL is None, reason="CHATBOT_TEST_REDIS_URL is not set")

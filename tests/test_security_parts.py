@@ -47,7 +47,10 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
 async def test_counters_add_and_forget_expired_windows() -> None:
     counters = InProcessCounters()
 
-    assert await counters.incr_many([("a", 2), ("b", 5)], 0) == (2, 5)
+    admitted = await counters.admit(
+        "a", "b", requests=2, tokens=5, request_limit=0, token_limit=0, expiry=0
+    )
+    assert (admitted.requests, admitted.tokens, admitted.admitted) == (2, 5, True)
     assert await counters.incr("a", -1, expiry=0) == 1
     await asyncio.sleep(1.05)  # past the sweep interval: both counters have expired
 

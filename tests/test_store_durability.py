@@ -149,3 +149,29 @@ def test_a_change_while_the_database_is_locked_is_503(
     assert response.json()["error"]["code"] == "database_unavailable"
     assert response.headers["retry-after"] == "1"
     assert httpx.get(f"{base}/{kept}").status_code == 200  # nothing was lost
+
+
+def test_a_request_that_fails_gives_its_store_place_back(start_server: ServerFactory) -> None:
+    server = start_server(store_queue_size=1)  # a request that kept its place would block all
+    url = f"{server.base_url}/v1/chat/completions"
+
+    def body(model: str, text: str = "hi") -> dict[str, object]:
+        return {"model": model, "store": True, "messages": [{"role": "user", "content": text}]}
+
+    assert httpx.post(url, json=body("broken-at-start")).status_code == 500
+    overloaded = httpx.post(url, json=body("overloaded-mid-stream")).json()
+    assert overloaded["error"]["code"] == "server_overloaded"
+    with httpx.stream("POST", url, json={**body("broken-mid-stream"), "stream": True}) as answer:
+        assert '"error"' in answer.read().decode()
+    long = " ".join(["w"] * 100)  # five seconds of echo-slow
+    with httpx.stream("POST", url, json={**body("echo-slow", long), "stream": True}) as answer:
+        next(answer.iter_lines())  # then leave, mid-stream
+
+    # The one place is free again once the server has seen the client go.
+    deadline = time.monotonic() + 10
+    while (kept := httpx.post(url, json=body("echo"))).status_code == 503:
+        assert kept.json()["error"]["code"] == "database_unavailable"
+        assert time.monotonic() < deadline, "a failed request kept its place in the queue"
+        time.sleep(0.05)
+    assert kept.status_code == 200
+    assert httpx.get(f"{url}/{kept.json()['id']}").status_code == 200

@@ -1,5 +1,6 @@
 """The ``openai`` provider against real HTTP upstreams: a second chatbot-api serving ``echo``,
-and a fault-injecting upstream of the suite's own (``tests/upstreams.py``)."""
+a fault-injecting upstream of the suite's own (``tests/upstreams.py``), and the healthy one
+behind the suite's TCP fault proxy (refused, slow, cut part-way)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from chatbot_api.app import create_app
 from tests.clients import HELLO
 from tests.conftest import SdkFactory, ServerFactory, make_settings
+from tests.faultproxy import FaultProxy
 from tests.providers import TEST_PROVIDER_KINDS
 from tests.servers import LiveServer
 from tests.upstreams import SECRET_UPSTREAM_KEY, fault_upstream
@@ -200,3 +202,87 @@ def test_a_client_that_leaves_stops_the_upstream(
     while caplog.text.count("client disconnected; generation stopped") < 2:
         assert time.monotonic() - left < 3, "the upstream kept generating"
         time.sleep(0.05)
+
+
+@pytest.fixture
+def proxy(upstream: LiveServer) -> Iterator[FaultProxy]:
+    """The healthy upstream, behind a fault proxy."""
+    with FaultProxy("127.0.0.1", upstream.port) as fault_proxy:
+        yield fault_proxy
+
+
+@pytest.fixture
+def behind_proxy(start_server: ServerFactory, proxy: FaultProxy, tmp_path: Path) -> LiveServer:
+    """Our server, its ``proxied`` model reaching the upstream through the fault proxy."""
+    models = tmp_path / "proxied.toml"
+    models.write_text(
+        f'[models.proxied]\nprovider = "openai"\nbase_url = "http://{proxy.host}:{proxy.port}/v1"\n'
+        'upstream_model = "echo"\nmax_retries = 0\ntimeout = 1.0\n'
+    )
+    return start_server(models_file=models)
+
+
+#: An echo answer of some 400 pieces: long enough to be cut part-way.
+LONG: list[openai.types.chat.ChatCompletionMessageParam] = [
+    {"role": "user", "content": " ".join(f"word{n}" for n in range(400))}
+]
+
+
+def test_an_upstream_that_refuses_connections_is_a_502(
+    behind_proxy: LiveServer, proxy: FaultProxy, sdk: SdkFactory
+) -> None:
+    client = sdk(behind_proxy, "sk-anything")
+    assert client.chat.completions.create(model="proxied", messages=HELLO).choices
+    proxy.refuse()
+    proxy.drop()
+
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="proxied", messages=HELLO)
+
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_error"
+    assert "could not be reached" in caught.value.message
+
+
+def test_an_upstream_slower_than_its_timeout_is_a_504(
+    behind_proxy: LiveServer, proxy: FaultProxy, sdk: SdkFactory
+) -> None:
+    proxy.delay(5.0)  # the model's timeout is 1 s
+
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(behind_proxy, "sk-anything", timeout=20).chat.completions.create(
+            model="proxied", messages=HELLO
+        )
+
+    assert caught.value.status_code == 504
+    assert caught.value.code == "upstream_timeout"
+
+
+def test_an_upstream_cut_mid_stream_is_an_error_event_then_the_end(
+    behind_proxy: LiveServer, proxy: FaultProxy
+) -> None:
+    proxy.cut_after(4000)  # the headers and a dozen chunks, of some 80 kB
+    body = {"model": "proxied", "stream": True, "messages": LONG}
+    with httpx.stream(
+        "POST", f"{behind_proxy.base_url}/v1/chat/completions", json=body, timeout=20
+    ) as answer:
+        data = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+
+    assert answer.status_code == 200
+    text = "".join(data)
+    assert "word0" in text
+    assert "word399" not in text  # cut short
+    assert data[-1] == "[DONE]"
+    assert json.loads(data[-2])["error"]["code"] == "upstream_error"
+
+
+def test_an_upstream_cut_mid_answer_is_a_502(
+    behind_proxy: LiveServer, proxy: FaultProxy, sdk: SdkFactory
+) -> None:
+    proxy.cut_after(1000)  # the headers and the start of a 6 kB answer
+
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(behind_proxy, "sk-anything").chat.completions.create(model="proxied", messages=LONG)
+
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_error"

@@ -42,17 +42,16 @@ def client_address(request: Request) -> str:
 async def authenticate(request: Request, services: ServicesDep) -> Principal:
     """Who is calling; 401 when authentication is on and the key is missing or wrong.
 
-    An address that keeps failing gets 429 for the rest of the minute, so guessing keys (or
-    flooding the key lookup) costs the guesser, not the server.
+    An address that keeps failing gets 429 instead of 401 for the rest of the minute. The key
+    is checked first, so that a valid one is never refused for what others behind the same
+    address (a NAT, an office) tried; a guesser is slowed by the 429 and stopped by the keys'
+    randomness, and a malformed key costs no lookup.
     """
-    address = client_address(request)
-    services.limiter.refuse_if_failing_auth(address)
     try:
-        principal = await services.auth.authenticate(request.headers.get("authorization"))
+        return await services.auth.authenticate(request.headers.get("authorization"))
     except AuthenticationError:
-        await services.limiter.count_auth_failure(address)
+        await services.limiter.throttle_auth_failure(client_address(request))
         raise
-    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

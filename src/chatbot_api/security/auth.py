@@ -3,22 +3,32 @@
 Authentication is on once a master key is set or any API key exists. With neither, the API
 is open: ``serve`` allows that only on a loopback address (or with ``CHATBOT_AUTH=disabled``),
 and the server says so at start. A key made while a server runs open turns authentication on
-within a second, without a restart.
+within a second, without a restart. A database that does not answer while a key is checked
+is a 503 ``database_unavailable``, not a 500: the master key still works, it needs no lookup.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import time
 from dataclasses import dataclass
 from typing import Literal
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from chatbot_api.config import Settings
-from chatbot_api.errors import AuthenticationError, PermissionDeniedError
+from chatbot_api.errors import (
+    AuthenticationError,
+    DatabaseUnavailableError,
+    PermissionDeniedError,
+)
 from chatbot_api.security.keys import KeyRecord, KeyStore
 
 __all__ = ["Authenticator", "Principal", "is_loopback"]
+
+logger = logging.getLogger(__name__)
 
 _OPEN_RECHECK_SECONDS = 1.0
 
@@ -74,8 +84,13 @@ class Authenticator:
             return True
         now = time.monotonic()
         if now - self._checked_at >= _OPEN_RECHECK_SECONDS:
-            self._keys_exist = await self._keys.any()
             self._checked_at = now
+            try:
+                self._keys_exist = await self._keys.any()
+            except (SQLAlchemyError, OSError) as exc:
+                # No key can be made while the database is away: an open server stays open
+                # rather than refusing everybody until it is back.
+                logger.warning("could not check whether API keys exist", extra=_failure(exc))
         return self._keys_exist
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -89,12 +104,23 @@ class Authenticator:
                 "You didn't provide an API key. Send it in the Authorization header as "
                 "'Authorization: Bearer YOUR_KEY'."
             )
-        record = await self._keys.authenticate(token)
+        try:
+            record = await self._keys.authenticate(token)
+        except (SQLAlchemyError, OSError) as exc:
+            logger.warning("API keys could not be read", extra=_failure(exc))
+            raise DatabaseUnavailableError(
+                "The database is not answering; API keys cannot be checked right now. Please "
+                "retry shortly."
+            ) from None
         if record is None:
             raise AuthenticationError(
                 "Incorrect API key provided, or the key was revoked or has expired."
             )
         return Principal("key", record)
+
+
+def _failure(exc: BaseException) -> dict[str, str]:
+    return {"error": str(exc).split("\n", 1)[0] or type(exc).__name__}
 
 
 def _compare(given: str, expected: str) -> bool:

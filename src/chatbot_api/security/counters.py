@@ -1,22 +1,52 @@
 """Where the rate limiter keeps its counters: in this process, or in Redis for every worker.
 
-The Redis side is the ``limits`` library's storage (its atomic increment-with-expiry script,
-and ours doing the same for several counters in one round trip), so that several workers and
-replicas count against one limit. In one process a dict does:
-``limits``' own in-memory storage sweeps every counter it holds on every increment, which at
-a thousand live counters costs more than the rest of a request (see docs/benchmarks.md).
+The Redis side is the ``limits`` library's storage (coredis underneath), with one Lua script
+of ours for admission: it reads a request's two counters, admits only if both stay within
+their limits, and only then adds to both, so that nobody ever reads a count inflated by a
+request that is then refused, and two workers cannot both take the last place. The
+in-process counters do the same in a dict: ``limits``' own in-memory storage sweeps every
+counter it holds on every increment, which at a thousand live counters costs more than the
+rest of a request (see docs/benchmarks.md).
+
+Every Redis call is bounded by a timeout; after a failure the counters report themselves
+unavailable, without asking, for a second, then let one call find out whether Redis is back.
+A Redis that hangs thus costs one request a timeout a second, not every request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from limits.aio.storage import Storage
 from limits.storage import storage_from_string
 
-__all__ = ["Counters", "InProcessCounters", "RedisCounters"]
+__all__ = [
+    "Admission",
+    "Counters",
+    "CountersUnavailableError",
+    "InProcessCounters",
+    "RedisCounters",
+]
+
+_T = TypeVar("_T")
+
+
+class CountersUnavailableError(Exception):
+    """The counters cannot answer now: Redis timed out, failed a moment ago, or is probed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The two counters after an admission, and whether it was granted (if not, they are
+    as they were)."""
+
+    requests: int
+    tokens: int
+    admitted: bool
 
 
 class Counters(Protocol):
@@ -27,11 +57,26 @@ class Counters(Protocol):
         """Add ``amount`` (which may be negative) and return the new value."""
         ...
 
-    async def incr_many(self, amounts: Sequence[tuple[str, int]], expiry: int) -> tuple[int, ...]:
-        """:meth:`incr` for each ``(key, amount)``, in order."""
+    async def admit(
+        self,
+        requests_key: str,
+        tokens_key: str,
+        *,
+        requests: int,
+        tokens: int,
+        request_limit: int,
+        token_limit: int,
+        expiry: int,
+    ) -> Admission:
+        """Add ``requests`` and ``tokens`` to their counters only if both then stay within
+        their limits (a limit of 0 is none), as one atomic step."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+def _within(value: int, cost: int, limit: int) -> bool:
+    return limit <= 0 or value + cost <= limit
 
 
 class InProcessCounters:
@@ -46,7 +91,9 @@ class InProcessCounters:
         self._swept = time.monotonic()
 
     async def incr(self, key: str, amount: int, *, expiry: int) -> int:
-        now = time.monotonic()
+        return self._add(key, amount, expiry, time.monotonic())
+
+    def _add(self, key: str, amount: int, expiry: int, now: float) -> int:
         if now - self._swept >= self._SWEEP_SECONDS:
             self._sweep(now)
         value = self._values.get(key, 0) + amount
@@ -54,8 +101,33 @@ class InProcessCounters:
         self._expires.setdefault(key, now + expiry)
         return value
 
-    async def incr_many(self, amounts: Sequence[tuple[str, int]], expiry: int) -> tuple[int, ...]:
-        return tuple([await self.incr(key, amount, expiry=expiry) for key, amount in amounts])
+    async def admit(
+        self,
+        requests_key: str,
+        tokens_key: str,
+        *,
+        requests: int,
+        tokens: int,
+        request_limit: int,
+        token_limit: int,
+        expiry: int,
+    ) -> Admission:
+        # No await between reading and adding: atomic on the event loop.
+        now = time.monotonic()
+        if now - self._swept >= self._SWEEP_SECONDS:
+            self._sweep(now)
+        used_requests = self._values.get(requests_key, 0)
+        used_tokens = self._values.get(tokens_key, 0)
+        if not (
+            _within(used_requests, requests, request_limit)
+            and _within(used_tokens, tokens, token_limit)
+        ):
+            return Admission(used_requests, used_tokens, admitted=False)
+        return Admission(
+            self._add(requests_key, requests, expiry, now),
+            self._add(tokens_key, tokens, expiry, now),
+            admitted=True,
+        )
 
     def _sweep(self, now: float) -> None:
         self._swept = now
@@ -68,51 +140,108 @@ class InProcessCounters:
         self._expires.clear()
 
 
-_INCR_MANY = """
-local values = {}
-local expiry = tonumber(ARGV[#ARGV])
-for i, key in ipairs(KEYS) do
-  local value = redis.call('INCRBY', key, ARGV[i])
-  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, expiry) end
-  values[i] = value
+# KEYS: the requests and the tokens counter. ARGV: their costs, their limits (0: none), expiry.
+_ADMIT = """
+local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+local request_cost, token_cost = tonumber(ARGV[1]), tonumber(ARGV[2])
+local request_limit, token_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+if (request_limit > 0 and requests + request_cost > request_limit)
+    or (token_limit > 0 and tokens + token_cost > token_limit) then
+  return {requests, tokens, 0}
 end
-return values
+requests = redis.call('INCRBY', KEYS[1], request_cost)
+tokens = redis.call('INCRBY', KEYS[2], token_cost)
+for _, key in ipairs(KEYS) do
+  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, tonumber(ARGV[5])) end
+end
+return {requests, tokens, 1}
 """
+
+#: After a failure, how long the counters answer "unavailable" without asking Redis.
+_DOWN_SECONDS = 1.0
 
 
 class RedisCounters:
     """Counters in Redis through ``limits``' storage (coredis underneath)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout: float) -> None:
         scheme, _, rest = url.partition("://")
-        storage = storage_from_string(f"async+{scheme}://{rest}", key_prefix="chatbot-api")
+        # coredis' own timeouts keep a hung connection from holding waiters; ours (below)
+        # bounds the whole call, a wait for a pooled connection included.
+        storage = storage_from_string(
+            f"async+{scheme}://{rest}",
+            key_prefix="chatbot-api",
+            connect_timeout=timeout,
+            stream_timeout=timeout,
+        )
         assert isinstance(storage, Storage)
         self._storage = storage
+        self._timeout = timeout
         errors = storage.base_exceptions
-        self.errors = errors if isinstance(errors, tuple) else (errors,)
-        # limits' storage has no call for several counters; its client (coredis) runs ours,
-        # the same INCRBY-then-EXPIRE as limits' own script, for each key.
-        client = getattr(getattr(storage, "bridge", None), "storage", None)
-        register = getattr(client, "register_script", None)
-        self._incr_many: Any = register(_INCR_MANY) if register is not None else None
+        self.errors: tuple[type[Exception], ...] = (
+            *(errors if isinstance(errors, tuple) else (errors,)),
+            CountersUnavailableError,
+        )
+        self._down_until = 0.0
+        self._probing = False
+        # limits' storage runs no script of ours; its client (coredis) does.
+        bridge: Any = storage.bridge  # type: ignore[attr-defined]  # limits' Redis storages
+        self._bridge = bridge
+        self._admit: Any = bridge.storage.register_script(_ADMIT)
+
+    async def _bounded(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """``call()`` within the timeout, unless Redis failed a moment ago."""
+        now = time.monotonic()
+        if now < self._down_until or self._probing:
+            raise CountersUnavailableError("Redis failed a moment ago; not asked")
+        # The first call after a failure finds out alone whether Redis is back.
+        self._probing = self._down_until > 0
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await call()
+        except TimeoutError:
+            self._down_until = time.monotonic() + _DOWN_SECONDS
+            raise CountersUnavailableError(
+                f"Redis did not answer within {self._timeout} s"
+            ) from None
+        except self.errors:
+            self._down_until = time.monotonic() + _DOWN_SECONDS
+            raise
+        except Exception as exc:
+            # Not every failure of a lost connection is a RedisError: coredis lets uvloop's
+            # RuntimeError ("the handler is closed") through when it writes to a dropped one.
+            self._down_until = time.monotonic() + _DOWN_SECONDS
+            raise CountersUnavailableError(f"Redis client failed: {exc!r}") from exc
+        finally:
+            self._probing = False
+        self._down_until = 0.0
+        return result
 
     async def incr(self, key: str, amount: int, *, expiry: int) -> int:
-        return await self._storage.incr(key, expiry, amount=amount)
+        return await self._bounded(lambda: self._storage.incr(key, expiry, amount=amount))
 
-    async def incr_many(self, amounts: Sequence[tuple[str, int]], expiry: int) -> tuple[int, ...]:
-        """Every counter in one round trip: a request's admission is one call, not two."""
-        if self._incr_many is None:
-            return tuple([await self.incr(key, amount, expiry=expiry) for key, amount in amounts])
-        bridge = self._storage.bridge  # type: ignore[attr-defined]  # limits' Redis storages
-        values = await self._incr_many(
-            keys=[bridge.prefixed_key(key) for key, _ in amounts],
-            args=[*(amount for _, amount in amounts), expiry],
+    async def admit(
+        self,
+        requests_key: str,
+        tokens_key: str,
+        *,
+        requests: int,
+        tokens: int,
+        request_limit: int,
+        token_limit: int,
+        expiry: int,
+    ) -> Admission:
+        """One round trip and one atomic step for both counters (see ``_ADMIT``)."""
+        keys = [self._bridge.prefixed_key(requests_key), self._bridge.prefixed_key(tokens_key)]
+        args = [requests, tokens, request_limit, token_limit, expiry]
+        used_requests, used_tokens, admitted = await self._bounded(
+            lambda: self._admit(keys=keys, args=args)
         )
-        return tuple(int(value) for value in values)
+        return Admission(int(used_requests), int(used_tokens), admitted=bool(admitted))
 
     async def aclose(self) -> None:
         # limits keeps its Redis client on the storage's bridge and offers no close.
-        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
-        pool = getattr(client, "connection_pool", None)
+        pool = getattr(self._bridge.storage, "connection_pool", None)
         if pool is not None:
             pool.disconnect()

@@ -9,7 +9,12 @@ round trip.
 
 A chat completion reserves its tokens before generation (the prompt's estimate plus the
 requested maximum, the way OpenAI's own limiter counts) and settles them against real usage
-after, handing back what it did not use.
+after, handing back what it did not use. Admission checks both limits and takes from both
+counters in one atomic step, so a refused request never shows in anybody's count.
+
+Failed authentications are counted per client address; once an address is over its limit for
+the minute, its failures are answered 429 instead of 401. Only failures are: a valid key is
+let in whatever others sharing its address (a NAT, an office) have tried.
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ from chatbot_api import metrics
 from chatbot_api.config import Settings
 from chatbot_api.errors import RateLimitError
 from chatbot_api.security.auth import Principal
-from chatbot_api.security.counters import Counters, InProcessCounters, RedisCounters
+from chatbot_api.security.counters import (
+    Counters,
+    CountersUnavailableError,
+    InProcessCounters,
+    RedisCounters,
+)
 
 __all__ = [
     "Quota",
@@ -116,9 +126,9 @@ class RateLimiter:
         self._rpm = rpm
         self._tpm = tpm
         self._auth_failures = auth_failures_per_minute
-        #: Addresses over the failed-authentication limit, and when their minute ends. Learnt
-        #: from this process's own failures (the count itself is shared), so that checking an
-        #: address costs no round trip to Redis.
+        #: Addresses at the failed-authentication limit, and when their minute ends. Learnt
+        #: from this process's own failures (the count itself is shared), so that their next
+        #: failures are refused without a round trip to Redis.
         self._blocked: dict[str, float] = {}
 
     @classmethod
@@ -127,7 +137,9 @@ class RateLimiter:
         counters: Counters = (
             InProcessCounters()
             if settings.redis_url is None
-            else RedisCounters(settings.redis_url.get_secret_value())
+            else RedisCounters(
+                settings.redis_url.get_secret_value(), timeout=settings.redis_timeout_seconds
+            )
         )
         return cls(
             counters,
@@ -162,82 +174,99 @@ class RateLimiter:
 
     @staticmethod
     def _key(kind: str, identity: str, window: int) -> str:
-        return f"{kind}/{identity}/{window}"
+        # The braces are a Redis Cluster hash tag: one admission's two counters share a slot.
+        return f"{kind}/{{{identity}/{window}}}"
 
     async def admit(self, principal: Principal, address: str, *, tokens: int) -> Quota:
         """Count one request and reserve ``tokens``; 429 when either limit would be passed.
 
         A limit of 0 is no limit. A refused request takes nothing from either window. When the
-        counters' storage (Redis) does not answer, the request is let through and the outage
-        logged: a limiter that is down should not take the API down with it.
+        counters' storage (Redis) does not answer in time, the request is let through and the
+        outage logged: a limiter that is down should not take the API down with it.
         """
         identity, rpm, tpm = self.limits_for(principal, address)
         if rpm <= 0 and tpm <= 0:
             return UNLIMITED
         window, reset = self._window()
-        request_key = self._key("requests", identity, window)
         token_key = self._key("tokens", identity, window)
-        costs = ((request_key, 1 if rpm > 0 else 0), (token_key, tokens if tpm > 0 else 0))
+        request_cost = 1 if rpm > 0 else 0
+        token_cost = tokens if tpm > 0 else 0
         try:
-            used_requests, used_tokens = await self._counters.incr_many(costs, _COUNTER_TTL)
-            quota = Quota(self, rpm, tpm, used_requests, used_tokens, reset, token_key, costs[1][1])
-            over_requests = 0 < rpm < used_requests
-            if over_requests or 0 < tpm < used_tokens:
-                await self._counters.incr_many([(key, -cost) for key, cost in costs], _COUNTER_TTL)
-                quota.used_requests -= costs[0][1]
-                quota.used_tokens -= costs[1][1]
-                limit: Literal["requests", "tokens"] = "requests" if over_requests else "tokens"
-                metrics.RATE_LIMITED.labels(limit).inc()
-                raise _refusal(quota, limit, tokens)
-        except self._counters.errors:
-            _storage_failed()
+            admission = await self._counters.admit(
+                self._key("requests", identity, window),
+                token_key,
+                requests=request_cost,
+                tokens=token_cost,
+                request_limit=rpm,
+                token_limit=tpm,
+                expiry=_COUNTER_TTL,
+            )
+        except self._counters.errors as exc:
+            _storage_failed(exc)
             return UNLIMITED
+        quota = Quota(
+            self, rpm, tpm, admission.requests, admission.tokens, reset, token_key, token_cost
+        )
+        if not admission.admitted:
+            over_requests = 0 < rpm < admission.requests + request_cost
+            limit: Literal["requests", "tokens"] = "requests" if over_requests else "tokens"
+            metrics.RATE_LIMITED.labels(limit).inc()
+            raise _refusal(quota, limit, tokens)
         return quota
-
-    async def _count(self, key: str, amount: int) -> int:
-        return await self._counters.incr(key, amount, expiry=_COUNTER_TTL)
 
     async def give_back(self, key: str, amount: int) -> None:
         try:
             await self._counters.incr(key, -amount, expiry=_COUNTER_TTL)
-        except self._counters.errors:
-            _storage_failed()
+        except self._counters.errors as exc:
+            _storage_failed(exc)
 
-    def refuse_if_failing_auth(self, address: str) -> None:
-        """429 while ``address`` has failed authentication too often this minute."""
-        until = self._blocked.get(address)
-        if until is None:
-            return
-        wait = until - time.time()
-        if wait <= 0:
-            del self._blocked[address]
-            return
-        metrics.RATE_LIMITED.labels("auth_failures").inc()
-        raise RateLimitError(
-            "Too many requests with an invalid API key from your address. Please retry "
-            f"after {format_reset(wait)}.",
-            retry_after=wait,
-            code="too_many_auth_failures",
-        )
+    async def throttle_auth_failure(self, address: str) -> None:
+        """Count a failed authentication from ``address``: 429 ``too_many_auth_failures``
+        once the address is over its limit this minute (the caller answers 401 otherwise).
 
-    async def count_auth_failure(self, address: str) -> None:
+        Called for failures only, so that a valid key is never refused for what others
+        sharing its address did.
+        """
         if self._auth_failures <= 0:
             return
+        now = time.time()
+        until = self._blocked.get(address)
+        if until is not None and until > now:
+            raise _auth_refusal(until - now)
         window, reset = self._window()
         try:
-            failures = await self._count(self._key("auth-failures", address, window), 1)
-        except self._counters.errors:
-            _storage_failed()
+            failures = await self._counters.incr(
+                self._key("auth-failures", address, window), 1, expiry=_COUNTER_TTL
+            )
+        except self._counters.errors as exc:
+            _storage_failed(exc)
             return
         if failures >= self._auth_failures:
             if len(self._blocked) >= _BLOCKED_PRUNE_AT:
-                now = time.time()
                 self._blocked = {a: t for a, t in self._blocked.items() if t > now}
-            self._blocked[address] = time.time() + reset
+            self._blocked[address] = now + reset
+        if failures > self._auth_failures:
+            raise _auth_refusal(reset)
 
 
-def _storage_failed() -> None:
-    logger.error("rate-limit storage unavailable; letting the request through", exc_info=True)
+def _auth_refusal(wait: float) -> RateLimitError:
+    metrics.RATE_LIMITED.labels("auth_failures").inc()
+    return RateLimitError(
+        "Too many requests with an invalid API key from your address. Please retry "
+        f"after {format_reset(wait)}.",
+        retry_after=wait,
+        code="too_many_auth_failures",
+    )
+
+
+def _storage_failed(exc: Exception) -> None:
+    # A failure seen now carries its trace; "failed a moment ago, not asked" needs none.
+    seen_now = not isinstance(exc, CountersUnavailableError) or exc.__cause__ is not None
+    logger.error(
+        "rate-limit storage unavailable; letting the request through",
+        exc_info=exc if seen_now else None,
+        extra={"error": str(exc)},
+    )
 
 
 def _refusal(quota: Quota, limit: Literal["requests", "tokens"], tokens: int) -> RateLimitError:

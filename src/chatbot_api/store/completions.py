@@ -1,4 +1,9 @@
-"""Queries behind OpenAI's stored-completion endpoints, always scoped to one owner."""
+"""Queries behind OpenAI's stored-completion endpoints, always scoped to one owner.
+
+A NUL character cannot reach a stored row (request bodies holding one are refused with a
+400), but it can arrive in a path or a query string: such an id or filter matches nothing,
+and is answered so without asking PostgreSQL, which would refuse the query.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chatbot_api.db.engine import Database
 from chatbot_api.db.tables import StoredCompletion
 from chatbot_api.errors import DatabaseUnavailableError, NotFoundError
-from chatbot_api.store.writer import CompletionRecord, StoreWriter
+from chatbot_api.store.writer import CompletionRecord, QueuePlace, StoreWriter
 
 __all__ = ["CompletionStore", "Page"]
 
@@ -42,6 +47,12 @@ class Page:
             "last_id": self.data[-1]["id"] if self.data else None,
             "has_more": self.has_more,
         }
+
+
+def _matchable(*values: str | None) -> bool:
+    """False when a lookup value holds NUL: nothing stored can, and PostgreSQL would refuse
+    the query (a 503 that blames the database for the client's input)."""
+    return not any(value is not None and "\x00" in value for value in values)
 
 
 def _not_found(completion_id: str) -> NotFoundError:
@@ -78,8 +89,13 @@ class CompletionStore:
         self._database = database
         self._writer = writer
 
-    async def save(self, record: CompletionRecord) -> None:
-        await self._writer.put(record)
+    def reserve(self) -> QueuePlace:
+        """A place in the writer's queue for a completion about to be generated (503 when
+        there is none); :meth:`save` fills it, ``release`` gives it back."""
+        return self._writer.reserve()
+
+    def save(self, record: CompletionRecord, place: QueuePlace) -> None:
+        self._writer.put(record, place)
 
     async def _caught_up(self) -> None:
         """Let the writes queued before this request land first (read-your-writes)."""
@@ -116,6 +132,8 @@ class CompletionStore:
         limit: int,
         order: Order,
     ) -> Page:
+        if not _matchable(model, after, *metadata, *metadata.values()):
+            return Page([], has_more=False)
         await self._caught_up()
         query = select(StoredCompletion).where(StoredCompletion.owner == owner)
         if model is not None:
@@ -144,6 +162,8 @@ class CompletionStore:
         return query.where(StoredCompletion.seq < cursor)
 
     async def _row(self, owner: str, completion_id: str) -> RowMapping:
+        if not _matchable(completion_id):
+            raise _not_found(completion_id)
         await self._caught_up()
         query = select(StoredCompletion).where(
             StoredCompletion.owner == owner, StoredCompletion.id == completion_id
@@ -160,6 +180,8 @@ class CompletionStore:
     async def update_metadata(
         self, owner: str, completion_id: str, metadata: dict[str, str] | None
     ) -> dict[str, Any]:
+        if not _matchable(completion_id):
+            raise _not_found(completion_id)
         await self._caught_up()
         async with self._writing() as connection:
             result = await connection.execute(
@@ -172,6 +194,8 @@ class CompletionStore:
         return await self.get(owner, completion_id)
 
     async def delete(self, owner: str, completion_id: str) -> dict[str, Any]:
+        if not _matchable(completion_id):
+            raise _not_found(completion_id)
         await self._caught_up()
         async with self._writing() as connection:
             result = await connection.execute(

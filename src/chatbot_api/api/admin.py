@@ -9,12 +9,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot_api.api.deps import PrincipalDep, ServicesDep
+from chatbot_api.api.json_body import JSONBodyRoute
+from chatbot_api.api.responses import error_responses
 from chatbot_api.errors import InvalidRequestError, NotFoundError
 from chatbot_api.security.keys import parse_duration
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/admin/keys", tags=["admin"])
+router = APIRouter(
+    prefix="/admin/keys",
+    tags=["admin"],
+    route_class=JSONBodyRoute,
+    responses=error_responses(403),  # any caller but the master key
+)
 
 
 class CreateKeyRequest(BaseModel):
@@ -35,7 +42,9 @@ class CreateKeyRequest(BaseModel):
     expires_in: str | None = Field(default=None, examples=["30d"], description="e.g. 12h, 30d.")
 
 
-@router.post("", summary="Create an API key", status_code=201)
+@router.post(
+    "", summary="Create an API key", status_code=201, responses=error_responses(400, 408, 413)
+)
 async def create_key(
     body: CreateKeyRequest, services: ServicesDep, principal: PrincipalDep
 ) -> JSONResponse:
@@ -60,7 +69,7 @@ async def list_keys(services: ServicesDep, principal: PrincipalDep) -> dict[str,
     return {"object": "list", "data": [key.public() for key in await services.keys.list()]}
 
 
-@router.delete("/{key_id}", summary="Revoke an API key")
+@router.delete("/{key_id}", summary="Revoke an API key", responses=error_responses(404))
 async def revoke_key(
     key_id: Annotated[str, Path()], services: ServicesDep, principal: PrincipalDep
 ) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address, request_id
+from chatbot_api.api.json_body import JSONBodyRoute
 from chatbot_api.api.responses import error_responses
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletion
@@ -18,7 +19,7 @@ __all__ = ["router"]
 #: How much longer than our grace period sse-starlette waits before it cancels a stream.
 _BACKSTOP_SECONDS = 2.0
 
-router = APIRouter(prefix="/v1", tags=["chat"])
+router = APIRouter(prefix="/v1", tags=["chat"], route_class=JSONBodyRoute)
 
 _STREAM_DOC = {
     "description": (
@@ -45,7 +46,7 @@ _STREAM_DOC = {
     "/chat/completions",
     summary="Create a chat completion",
     response_model=ChatCompletion,
-    responses={200: _STREAM_DOC, **error_responses(400, 401, 404, 429, 500, 503)},
+    responses={200: _STREAM_DOC, **error_responses(400, 404, 408, 413, 502, 503, 504)},
 )
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, services: ServicesDep, principal: PrincipalDep

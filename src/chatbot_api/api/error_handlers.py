@@ -3,6 +3,10 @@
 ``install_exception_handlers`` maps our :class:`~chatbot_api.errors.ChatbotAPIError`
 hierarchy, FastAPI's validation errors (a 422 by default, OpenAI's 400 here) and Starlette's
 HTTP errors onto ``{"error": {"message", "type", "param", "code"}}``.
+
+While FastAPI reads a request body it turns every exception but an ``HTTPException`` into a
+generic 400; an error found there (the body cap, the body deadline, the strict JSON reader)
+travels as a :class:`BodyReadError`, which carries our error through unchanged.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from chatbot_api.errors import (
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
-    RequestTooLargeError,
 )
 
 __all__ = [
+    "BodyReadError",
     "error_response",
     "install_exception_handlers",
     "param_from_location",
@@ -32,6 +36,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class BodyReadError(StarletteHTTPException):
+    """One of our errors, raised while FastAPI reads the body: it re-raises an
+    ``HTTPException`` as it is, where it would turn any other exception into a bare 400."""
+
+    def __init__(self, error: ChatbotAPIError) -> None:
+        super().__init__(error.status_code, error.message, error.headers)
+        self.error = error
 
 
 def error_response(error: ChatbotAPIError) -> JSONResponse:
@@ -125,12 +138,13 @@ async def _handle_validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _handle_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error: ChatbotAPIError
-    if exc.status_code == 404:
+    if isinstance(exc, BodyReadError):
+        error = exc.error
+        logger.info("request rejected: %s", error.message, extra={"param": error.param})
+    elif exc.status_code == 404:
         error = NotFoundError(
             f"Invalid URL ({request.method} {request.url.path})", code="unknown_url"
         )
-    elif exc.status_code == 413:
-        error = RequestTooLargeError()
     elif exc.status_code == 405:
         error = MethodNotAllowedError(
             f"Method {request.method} is not allowed for {request.url.path}.",

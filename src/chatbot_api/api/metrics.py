@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from chatbot_api.api.deps import ServicesDep, authenticate
+from chatbot_api.api.responses import error_responses
 from chatbot_api.metrics import exposition
 
 __all__ = ["router"]
@@ -16,7 +17,11 @@ router = APIRouter(tags=["operations"])
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+        # Only with CHATBOT_METRICS_REQUIRE_KEY.
+        **error_responses(401, 429),
+    },
 )
 async def metrics(request: Request, services: ServicesDep) -> Response:
     """Requests, latency, time to first token, tokens, streams, model queues, rate-limit

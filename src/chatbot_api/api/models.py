@@ -19,7 +19,7 @@ def _to_wire(spec: ModelSpec) -> Model:
     return Model(id=spec.id, created=spec.created, owned_by=spec.owned_by)
 
 
-@router.get("/models", summary="List models", responses=error_responses(500))
+@router.get("/models", summary="List models")
 async def list_models(services: ServicesDep, principal: PrincipalDep) -> ListModelsResponse:
     """The models this server serves to the caller, as OpenAI's `GET /v1/models` lists them."""
     return ListModelsResponse(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from chatbot_api.api.deps import PrincipalDep, ServicesDep
+from chatbot_api.api.json_body import JSONBodyRoute
 from chatbot_api.api.responses import error_responses
 from chatbot_api.errors import InvalidRequestError
 from chatbot_api.schemas.stored import (
@@ -20,7 +21,13 @@ from chatbot_api.schemas.stored import (
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/chat/completions", tags=["stored completions"])
+router = APIRouter(
+    prefix="/v1/chat/completions",
+    tags=["stored completions"],
+    route_class=JSONBodyRoute,
+    # Every route reads or changes the database.
+    responses=error_responses(503),
+)
 
 CompletionId = Annotated[str, Path(description="The id of a completion created with `store`.")]
 After = Annotated[str | None, Query(description="The last id of the previous page.")]
@@ -86,7 +93,7 @@ async def retrieve_completion(
     "/{completion_id}",
     summary="Update a stored chat completion's metadata",
     response_model=StoredChatCompletion,
-    responses=error_responses(400, 404),
+    responses=error_responses(400, 404, 408, 413),
 )
 async def update_completion(
     completion_id: CompletionId,
@@ -116,7 +123,7 @@ async def delete_completion(
     "/{completion_id}/messages",
     summary="List a stored chat completion's messages",
     response_model=ChatCompletionMessageList,
-    responses=error_responses(404),
+    responses=error_responses(400, 404),
 )
 async def list_messages(
     completion_id: CompletionId,

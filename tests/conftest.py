@@ -11,6 +11,7 @@ import pytest
 
 from chatbot_api.app import create_app
 from chatbot_api.config import Settings
+from chatbot_api.providers.llama.bundled import prepare_bundled_model
 from tests.providers import TEST_PROVIDER_KINDS
 from tests.servers import AnyServer, LiveServer
 
@@ -97,6 +98,38 @@ def start_server(models_file: Path, data_dir: Path, tmp_path: Path) -> Iterator[
     yield start
     for server in reversed(servers):
         server.__exit__(None, None, None)
+
+
+#: Local models of the shared llama server, besides the bundled one: the same GGUF declared
+#: by path, as a user declares any GGUF file, with one sequence and no queue (to see the
+#: overload answer), a small context (to exceed it), and a tiny grammar budget.
+LLAMA_MODELS_TOML = """
+[models."tiny-slot"]
+provider = "llama_cpp"
+path = "{gguf}"
+parallel = 1
+queue_size = 0
+context_size = 128
+prompt_format = "transcript"
+
+[models."hasty-grammar"]
+provider = "llama_cpp"
+path = "{gguf}"
+parallel = 1
+context_size = 256
+grammar_compile_seconds = 0.001
+"""
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[LiveServer]:
+    """One server with the bundled model (and the models above) for every test that reads."""
+    config = tmp_path_factory.mktemp("llama") / "models.toml"
+    gguf = prepare_bundled_model(data_dir, show_progress=False)
+    config.write_text(LLAMA_MODELS_TOML.format(gguf=gguf))
+    settings = make_settings(bundled_model=True, data_dir=data_dir, models_file=config)
+    with LiveServer(create_app(settings)) as live:
+        yield live
 
 
 @pytest.fixture(scope="session")

@@ -60,10 +60,13 @@ def test_serve_in_its_own_process_answers_and_stops_on_sigterm(
         # With no models file: the built-in echo and the bundled model, prepared on first start.
         assert [m["id"] for m in models["data"]] == ["echo", "gemma-3-270m"]
     assert server.returncode == 0, server.output.read_text()
+    # The bundled model's engine process, shared by the workers, keeps a file of its own.
+    engine_log = (tmp_path / "server.engine.gemma-3-270m.log").read_text()
+    assert '"message": "engine ready"' in engine_log
     if workers == "1":
         assert "chatbot_api" in log_file.read_text()
     else:  # a file per process (the supervisor and each worker), never one file shared
-        files = sorted(tmp_path.glob("server.*.log"))
+        files = sorted(tmp_path.glob("server.[0-9]*.log"))
         assert len(files) == 3
         serving = [f for f in files if '"message": "serving models"' in f.read_text()]
         assert len(serving) == 2

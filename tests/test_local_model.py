@@ -15,7 +15,6 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from chatbot_api.providers.llama.bundled import prepare_bundled_model
 from tests.conftest import ServerFactory
 from tests.servers import LiveServer
 
@@ -23,24 +22,6 @@ MODEL = "gemma-3-270m"
 FRANCE: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "What is the capital of France?"}
 ]
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[LiveServer]:
-    from chatbot_api.app import create_app
-    from tests.conftest import make_settings
-
-    config = tmp_path_factory.mktemp("llama") / "models.toml"
-    gguf = prepare_bundled_model(data_dir, show_progress=False)
-    config.write_text(
-        # The same GGUF declared by path, as a user declares any GGUF file, with one sequence
-        # and no queue (to see the overload answer) and a small context (to exceed it).
-        f'[models."tiny-slot"]\nprovider = "llama_cpp"\npath = "{gguf}"\nparallel = 1\n'
-        f'queue_size = 0\ncontext_size = 128\nprompt_format = "transcript"\n'
-    )
-    settings = make_settings(bundled_model=True, data_dir=data_dir, models_file=config)
-    with LiveServer(create_app(settings)) as live:
-        yield live
 
 
 @pytest.fixture
@@ -311,11 +292,13 @@ def test_disconnect_cancels_the_sequence(start_server: ServerFactory, tmp_path: 
         for _ in range(4):
             next(lines)
 
+    # The model's engine process keeps a log file of its own beside the server's.
+    engine_log = tmp_path / f"api.engine.{MODEL}.log"
     deadline = time.monotonic() + 10
     cancelled: list[dict[str, Any]] = []
     while not cancelled and time.monotonic() < deadline:
         time.sleep(0.05)
-        records = [json.loads(line) for line in log_file.read_text().splitlines()]
-        cancelled = [r for r in records if r["message"] == "sequence cancelled"]
+        written = engine_log.read_text().splitlines() if engine_log.exists() else []
+        cancelled = [r for r in map(json.loads, written) if r["message"] == "sequence cancelled"]
     assert cancelled, "the engine never dropped the sequence"
     assert cancelled[0]["completion_tokens"] < 100

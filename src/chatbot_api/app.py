@@ -13,7 +13,7 @@ from chatbot_api import __version__
 from chatbot_api.api import admin, chat, health, metrics, models, stored
 from chatbot_api.api.deps import authenticate
 from chatbot_api.api.error_handlers import install_exception_handlers
-from chatbot_api.api.responses import drop_validation_422
+from chatbot_api.api.responses import drop_validation_422, error_responses
 from chatbot_api.config import Settings
 from chatbot_api.db.engine import Database, default_database_url
 from chatbot_api.logs import configure_logging, reset_logging
@@ -31,7 +31,7 @@ from chatbot_api.security.rate_limit import RateLimiter
 from chatbot_api.services.chat import ChatService
 from chatbot_api.state import AppServices
 from chatbot_api.store.completions import CompletionStore
-from chatbot_api.store.writer import StoreWriter
+from chatbot_api.store.writer import UNSTORED_FILE_NAME, StoreWriter
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -82,7 +82,10 @@ def create_app(
             resources.push_async_callback(database.dispose)
             await database.migrate()
             writer = StoreWriter(
-                database, queue_size=settings.store_queue_size, batch_size=settings.store_batch_size
+                database,
+                queue_size=settings.store_queue_size,
+                batch_size=settings.store_batch_size,
+                unstored_file=settings.data_dir / UNSTORED_FILE_NAME,
             )
             writer.start()
             resources.push_async_callback(writer.close, settings.store_flush_seconds)
@@ -134,6 +137,8 @@ def create_app(
         lifespan=lifespan,
         # A body without a Content-Type is read as JSON, as OpenAI's API does.
         strict_content_type=False,
+        # Any route: headers over the cap (HardeningMiddleware), the last-resort 500.
+        responses=error_responses(431, 500),
     )
     install_exception_handlers(app)
     drop_validation_422(app)
@@ -141,10 +146,11 @@ def create_app(
     app.include_router(metrics.router)
     # Every /v1 route and the admin routes need a key once authentication is on.
     secured = [Depends(authenticate)]
-    app.include_router(models.router, dependencies=secured)
-    app.include_router(chat.router, dependencies=secured)
-    app.include_router(stored.router, dependencies=secured)
-    app.include_router(admin.router, dependencies=secured)
+    refusals = error_responses(401, 429)
+    app.include_router(models.router, dependencies=secured, responses=refusals)
+    app.include_router(chat.router, dependencies=secured, responses=refusals)
+    app.include_router(stored.router, dependencies=secured, responses=refusals)
+    app.include_router(admin.router, dependencies=secured, responses=refusals)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -155,7 +161,11 @@ def create_app(
             allow_headers=["*"],
             expose_headers=EXPOSED_HEADERS,
         )
-    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        HardeningMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_seconds=settings.body_timeout_seconds,
+    )
     # Outermost, so that every answer, refusals by the layers above included, has an id.
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -22,6 +22,8 @@ from chatbot_api.db.engine import Database, default_database_url
 from chatbot_api.logs import configure_logging
 from chatbot_api.metrics import multiprocess_directory, remove_multiprocess_directory
 from chatbot_api.providers.llama.bundled import prepare_bundled_model
+from chatbot_api.providers.llama.host import EngineHost
+from chatbot_api.providers.llama.supervisor import EngineStartError
 from chatbot_api.providers.registry import ModelsFileError, load_model_specs
 from chatbot_api.security.auth import is_loopback
 from chatbot_api.security.keys import KeyStore, parse_duration
@@ -79,6 +81,16 @@ def _serve(settings: Settings) -> int:
     # which is what process managers and orchestrators read as success.
     for shutdown_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(shutdown_signal, lambda signum, frame: None)
+    # Local models run in engine processes of their own, started before the workers and
+    # shared by all of them; the workers find them through CHATBOT_ENGINE_DIR.
+    engines = EngineHost(list(load_model_specs(settings).values()), settings)
+    try:
+        engine_dir = engines.start()
+    except EngineStartError as exc:
+        print(f"chatbot-api: {exc}", file=sys.stderr)
+        return 2
+    if engine_dir is not None:
+        os.environ["CHATBOT_ENGINE_DIR"] = str(engine_dir)
     # Several workers keep their metrics in files that /metrics adds up (see metrics.py).
     metrics_dir = multiprocess_directory() if settings.workers > 1 else None
     # Workers read their settings from the environment: tell them they are several.
@@ -86,6 +98,7 @@ def _serve(settings: Settings) -> int:
     try:
         _run_uvicorn(settings)
     finally:
+        engines.stop()
         if metrics_dir is not None:
             remove_multiprocess_directory(metrics_dir)
     return 0

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
             "(`redis://host:6379/0`). Unset: counters live in each process."
         ),
     )
+    redis_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description=(
+            "Longest wait for Redis on a request; past it (or while Redis is down) the request "
+            "goes through unlimited and the outage is logged."
+        ),
+    )
     auth_failures_per_minute: int = Field(
         default=20,
         ge=0,
@@ -85,6 +93,14 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024,
         ge=1024,
         description="Largest request body accepted; larger ones get 413.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How long a request body may take to arrive, counted from when the API starts "
+            "reading it; a slower one gets 408."
+        ),
     )
 
     log_level: LogLevel = "INFO"
@@ -106,6 +122,13 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         default=Path("data"), description="Where prepared model files (and later data) live."
+    )
+    engine_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Set by `chatbot-api serve` for its workers: where the engine processes of local "
+            "models listen. Unset, each app starts and supervises engines of its own."
+        ),
     )
     database_url: str | None = Field(
         default=None,

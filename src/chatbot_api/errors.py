@@ -9,7 +9,9 @@
     ├── NotFoundError                       404   invalid_request_error
     │   └── ModelNotFoundError              404   invalid_request_error (code model_not_found)
     ├── MethodNotAllowedError               405   invalid_request_error
+    ├── RequestTimeoutError                 408   invalid_request_error (code request_timeout)
     ├── RequestTooLargeError                413   invalid_request_error (code request_too_large)
+    ├── RequestHeadersTooLargeError         431   invalid_request_error (code headers_too_large)
     ├── RateLimitError                      429   requests / tokens (code rate_limit_exceeded)
     ├── InternalServerError                 500   server_error
     ├── ServerOverloadedError               503   server_error (code server_overloaded)
@@ -17,6 +19,7 @@
     ├── UpstreamError                       502   server_error (code upstream_error)
     ├── UpstreamTimeoutError                504   server_error (code upstream_timeout)
     ├── ServerShuttingDownError             503   server_error (code server_shutting_down)
+    ├── EngineUnavailableError              503   server_error (code engine_unavailable)
     └── DatabaseUnavailableError            503   server_error (code database_unavailable)
 
 Services, providers and the model engine raise these; nothing here knows about HTTP
@@ -37,6 +40,7 @@ __all__ = [
     "ChatbotAPIError",
     "ContextLengthExceededError",
     "DatabaseUnavailableError",
+    "EngineUnavailableError",
     "InternalServerError",
     "InvalidRequestError",
     "MethodNotAllowedError",
@@ -45,6 +49,8 @@ __all__ = [
     "NotReadyError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RequestHeadersTooLargeError",
+    "RequestTimeoutError",
     "RequestTooLargeError",
     "ServerOverloadedError",
     "ServerShuttingDownError",
@@ -147,6 +153,33 @@ class RequestTooLargeError(ChatbotAPIError):
         )
 
 
+class RequestTimeoutError(ChatbotAPIError):
+    """The body did not arrive in time: a client that trickles it in holds a connection and a
+    task for as long as it likes otherwise. The connection is closed after the answer."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The request body did not arrive in time (see CHATBOT_BODY_TIMEOUT_SECONDS).",
+            headers={"Connection": "close"},
+        )
+
+
+class RequestHeadersTooLargeError(ChatbotAPIError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    default_code = "headers_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The request headers are larger than this server accepts ({limit} bytes in all).",
+            headers={"Connection": "close"},
+        )
+
+
 class RateLimitError(ChatbotAPIError):
     """Over a per-minute limit. ``Retry-After`` and ``retry-after-ms`` say when to come back;
     the openai SDKs wait that long before their automatic retry."""
@@ -203,6 +236,21 @@ class ServerShuttingDownError(ChatbotAPIError):
         )
 
 
+class EngineUnavailableError(ChatbotAPIError):
+    """A local model's engine process is not running (it died and is being restarted)."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "engine_unavailable"
+
+    def __init__(self, model: str, why: str | None = None) -> None:
+        super().__init__(
+            f"The model '{model}' cannot serve right now: {why or 'its engine is not running'}. "
+            "Please retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+
 class UpstreamError(ChatbotAPIError):
     """The upstream model service failed or refused our own credentials. Its message (which
     may quote our key) is logged, never passed on."""
@@ -240,10 +288,12 @@ class DatabaseUnavailableError(ChatbotAPIError):
     error_type = "server_error"
     default_code = "database_unavailable"
 
-    def __init__(self) -> None:
+    def __init__(self, message: str | None = None, *, param: str | None = None) -> None:
         super().__init__(
-            "The database is not answering; stored completions cannot be read or changed right "
-            "now. Please retry shortly.",
+            message
+            or "The database is not answering; stored completions cannot be read or changed "
+            "right now. Please retry shortly.",
+            param=param,
             headers={"Retry-After": "1"},
         )
 

@@ -26,6 +26,8 @@ from prometheus_client import (
 
 __all__ = [
     "ACTIVE_STREAMS",
+    "ENGINE_RESTARTS",
+    "ENGINE_UP",
     "GENERATED_TOKENS",
     "PROMPT_TOKENS",
     "QUEUE_DEPTH",
@@ -34,6 +36,7 @@ __all__ = [
     "REQUEST_SECONDS",
     "SLOTS_IN_USE",
     "STORE_QUEUE_DEPTH",
+    "STORE_RECORDS_REJECTED",
     "STORE_WRITE_FAILURES",
     "TIME_TO_FIRST_TOKEN",
     "exposition",
@@ -66,17 +69,31 @@ GENERATED_TOKENS = Counter("chatbot_generated_tokens", "Completion tokens genera
 ACTIVE_STREAMS = Gauge(
     "chatbot_active_streams", "Streamed completions in flight.", multiprocess_mode="livesum"
 )
+# A local model's engine is one process shared by every worker: each worker repeats what the
+# engine reports, so the workers' values are the same and their maximum is the engine's.
 QUEUE_DEPTH = Gauge(
     "chatbot_model_queue_depth",
     "Requests waiting for a slot of a local model.",
     ["model"],
-    multiprocess_mode="livesum",
+    multiprocess_mode="livemax",
 )
 SLOTS_IN_USE = Gauge(
     "chatbot_model_slots_in_use",
     "Sequences a local model is decoding.",
     ["model"],
-    multiprocess_mode="livesum",
+    multiprocess_mode="livemax",
+)
+ENGINE_UP = Gauge(
+    "chatbot_engine_up",
+    "1 while a local model's engine process answers (the lowest over the workers).",
+    ["model"],
+    multiprocess_mode="livemin",
+)
+ENGINE_RESTARTS = Gauge(
+    "chatbot_engine_restarts",
+    "Times a local model's engine process died and was started again since the server started.",
+    ["model"],
+    multiprocess_mode="livemax",
 )
 RATE_LIMITED = Counter(
     "chatbot_rate_limited", "Requests refused with 429, by the limit they hit.", ["limit"]
@@ -88,6 +105,12 @@ STORE_QUEUE_DEPTH = Gauge(
 )
 STORE_WRITE_FAILURES = Counter(
     "chatbot_store_write_failures", "Failed write attempts of the store writer (each retried)."
+)
+STORE_RECORDS_REJECTED = Counter(
+    "chatbot_store_records_rejected",
+    "Stored completions kept in the recovery file instead of the database, by reason: "
+    "`refused` (the database refused the record) or `shutdown` (not written before shutdown).",
+    ["reason"],
 )
 
 

@@ -4,6 +4,10 @@ A provider turns a :class:`GenerationRequest` into a stream of :class:`TextDelta
 :class:`Finish` per choice, then a single :class:`Usage`. Providers that cannot produce several
 choices in one call leave ``"n"`` out of ``supported_parameters``; the chat service then runs
 ``n`` independent generations and numbers the choices itself.
+
+Two optional members: ``async def start(self)``, awaited once before the first request (a
+provider that must reach a process or service of its own), and ``max_choices``, the most
+choices one request can ever get from it (``n`` above that is refused with 400).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class GenerationRequest:
     max_tokens: int | None
     stop: tuple[str, ...]
     seed: int | None
+    #: The HTTP request's id, for the provider's own log lines.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

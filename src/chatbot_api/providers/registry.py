@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "ModelsFileError",
     "ProviderKind",
     "load_model_specs",
+    "start_all",
 ]
 
 #: ``created`` of the built-in models: the day chatbot-api first shipped them.
@@ -77,7 +78,7 @@ def _build_llama_cpp(spec: ModelSpec, settings: Settings) -> Provider:
     from chatbot_api.providers.llama.provider import LlamaCppProvider
 
     assert isinstance(spec.config, LlamaCppConfig)
-    return LlamaCppProvider(spec.id, spec.config, settings.data_dir)
+    return LlamaCppProvider(spec.id, spec.config, settings)
 
 
 def _build_openai(spec: ModelSpec, settings: Settings) -> Provider:
@@ -193,6 +194,16 @@ def load_model_specs(
     return specs
 
 
+async def start_all(starts: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run every start at once; if one fails, stop the others and raise its error."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for start in starts:
+                group.create_task(start)
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+
+
 @dataclass(frozen=True, slots=True)
 class RegisteredModel:
     spec: ModelSpec
@@ -218,6 +229,12 @@ class ModelRegistry:
             for model_id, spec in specs.items():
                 provider = await asyncio.to_thread(kinds[spec.provider].build, spec, settings)
                 registry._models[model_id] = RegisteredModel(spec, provider)
+            # Providers that reach a process of their own (a model's engine) start together.
+            await start_all(
+                start()
+                for model in registry._models.values()
+                if (start := getattr(model.provider, "start", None)) is not None
+            )
         except BaseException:
             await registry.aclose()
             raise

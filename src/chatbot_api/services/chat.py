@@ -14,7 +14,12 @@ from pydantic import TypeAdapter
 
 from chatbot_api import metrics
 from chatbot_api.context import current_request
-from chatbot_api.errors import ChatbotAPIError, ModelNotFoundError, internal_error
+from chatbot_api.errors import (
+    ChatbotAPIError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    internal_error,
+)
 from chatbot_api.providers.base import (
     Finish,
     GenerationEvent,
@@ -33,7 +38,7 @@ from chatbot_api.services.assembly import Assembly, wire_logprobs
 from chatbot_api.services.fanout import fan_out
 from chatbot_api.services.requests import build_generation_request, check_supported
 from chatbot_api.store.completions import CompletionStore
-from chatbot_api.store.writer import CompletionRecord
+from chatbot_api.store.writer import CompletionRecord, QueuePlace
 
 __all__ = ["ChatService", "ChatStream", "Completion", "PreparedChat"]
 
@@ -123,10 +128,23 @@ class ChatService:
         supported = model.provider.supported_parameters
         check_supported(request, model.spec.id, supported)
         n = request.n or 1
+        most = getattr(model.provider, "max_choices", None)
+        if most is not None and n > most:
+            raise InvalidRequestError(
+                f"Invalid value for 'n': model '{model.spec.id}' can give at most {most} "
+                "choices to one request.",
+                param="n",
+                code="invalid_value",
+            )
         if n == 1 or "n" in supported:
-            generations: tuple[GenerationRequest, ...] = (build_generation_request(request),)
+            generations: tuple[GenerationRequest, ...] = (
+                build_generation_request(request, request_id=request_id),
+            )
         else:
-            generations = tuple(build_generation_request(request, seed_offset=i) for i in range(n))
+            generations = tuple(
+                build_generation_request(request, seed_offset=i, request_id=request_id)
+                for i in range(n)
+            )
         context = current_request()
         if context is not None:  # for the access log
             context.model = model.spec.id
@@ -158,16 +176,25 @@ class ChatService:
         return math.ceil(characters / 4) + n * most
 
     async def complete(self, chat: PreparedChat) -> Completion:
-        """The ``chat.completion`` and its usage, queued for the store when asked."""
-        assembly = chat.assembly()
-        async for event in self._events(chat):
-            assembly.add(event)
-            if isinstance(event, Usage):
-                _record_usage(event)
-        body = assembly.completion(chat.id, chat.created, chat.spec.id).model_dump_json()
-        if chat.store:
-            await self._save(chat, body, assembly.usage)
-        return Completion(body, assembly.usage)
+        """The ``chat.completion`` and its usage, queued for the store when asked.
+
+        A completion to store takes its place in the store's queue before generating: with
+        no room (the database away too long) it is refused with 503, not answered and lost.
+        """
+        place = self._store.reserve() if chat.store else None
+        try:
+            assembly = chat.assembly()
+            async for event in self._events(chat):
+                assembly.add(event)
+                if isinstance(event, Usage):
+                    _record_usage(event)
+            body = assembly.completion(chat.id, chat.created, chat.spec.id).model_dump_json()
+            if place is not None:
+                self._save(chat, body, assembly.usage, place)
+            return Completion(body, assembly.usage)
+        finally:
+            if place is not None:
+                place.release()  # a no-op once the record is queued
 
     async def open_stream(self, chat: PreparedChat) -> ChatStream:
         """Start generating and return the SSE payloads once the provider has answered.
@@ -176,14 +203,17 @@ class ChatService:
         (every slot taken, a prompt too long for the context) still reaches the client as a
         proper status code, not as an error event inside a 200.
         """
+        place = self._store.reserve() if chat.store else None  # see complete()
         events = self._events(chat)
         try:
             first = await anext(aiter(events), None)
         except BaseException:
             await _close(events)
+            if place is not None:
+                place.release()
             raise
         stream = ChatStream()
-        stream.payloads = self._stream(chat, first, events, stream)
+        stream.payloads = self._stream(chat, first, events, stream, place)
         return stream
 
     async def _stream(
@@ -192,12 +222,13 @@ class ChatService:
         first: GenerationEvent | None,
         events: AsyncIterator[GenerationEvent],
         out: ChatStream,
+        place: QueuePlace | None,
     ) -> AsyncIterator[str]:
         """The SSE ``data`` payloads of a streamed completion, ``[DONE]`` last.
 
         An error after the first chunk becomes an error event; a cancelled stream (the client
         went away) stops the provider at once and is logged. A stream that completes is
-        stored as assembled when the client asked for it.
+        stored as assembled in its reserved ``place``; one that does not gives the place back.
         """
         exclude = None if chat.include_usage else {"usage"}
 
@@ -206,7 +237,7 @@ class ChatService:
                 id=chat.id, created=chat.created, model=chat.spec.id, choices=choices, usage=usage
             ).model_dump_json(exclude=exclude)
 
-        assembly = chat.assembly() if chat.store else None
+        assembly = chat.assembly() if place is not None else None
         pieces = 0
         metrics.ACTIVE_STREAMS.inc()
         try:
@@ -236,9 +267,9 @@ class ChatService:
                     out.usage = usage = _record_usage(event)
                     if chat.include_usage:
                         yield chunk([], usage)
-            if assembly is not None:
+            if assembly is not None and place is not None:
                 body = assembly.completion(chat.id, chat.created, chat.spec.id).model_dump_json()
-                await self._save(chat, body, assembly.usage)
+                self._save(chat, body, assembly.usage, place)
         except ChatbotAPIError as exc:
             logger.warning("stream failed: %s", exc.message, extra={"code": exc.code})
             yield exc.to_body().model_dump_json()
@@ -253,6 +284,8 @@ class ChatService:
             raise
         finally:
             metrics.ACTIVE_STREAMS.dec()
+            if place is not None:
+                place.release()  # a no-op once the record is queued
             await _close(events)
         yield "[DONE]"
 
@@ -263,9 +296,11 @@ class ChatService:
             events = fan_out(chat.provider, chat.generations)
         return _measured(chat, events)
 
-    async def _save(self, chat: PreparedChat, body: str, usage: CompletionUsage) -> None:
+    def _save(
+        self, chat: PreparedChat, body: str, usage: CompletionUsage, place: QueuePlace
+    ) -> None:
         messages = _MESSAGES.dump_json(chat.request.messages, exclude_none=True).decode()
-        await self._store.save(
+        self._store.save(
             CompletionRecord(
                 id=chat.id,
                 owner=chat.owner,
@@ -277,7 +312,8 @@ class ChatService:
                 metadata_=chat.request.metadata or {},
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-            )
+            ),
+            place,
         )
 
 

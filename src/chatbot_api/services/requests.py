@@ -77,7 +77,7 @@ def check_supported(
 
 
 def build_generation_request(
-    request: ChatCompletionRequest, *, seed_offset: int = 0
+    request: ChatCompletionRequest, *, seed_offset: int = 0, request_id: str | None = None
 ) -> GenerationRequest:
     messages = tuple(
         PromptMessage(role=m.role, text=message_text(m.content)) for m in request.messages
@@ -89,4 +89,5 @@ def build_generation_request(
         max_tokens=request.completion_limit,
         stop=request.stop_sequences,
         seed=seed,
+        request_id=request_id,
     )

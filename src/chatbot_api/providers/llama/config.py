@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationInfo, field_validator
 
 __all__ = ["LlamaCppConfig"]
 
@@ -42,3 +43,31 @@ class LlamaCppConfig(BaseModel):
     min_p: float = Field(default=0.05, ge=0, le=1)
     repeat_penalty: float = Field(default=1.1, ge=0)
     stop: list[str] = Field(default_factory=list, description="Stop strings for every request.")
+    grammar_compile_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description=(
+            "Longest a JSON schema (`response_format`) may take to compile before the request "
+            "is refused with 400; compiled schemas are cached."
+        ),
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not os.access(path, os.R_OK):
+            raise ValueError(f"{path} is not readable")
+        return path
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_holds_every_sequence(cls, batch_size: int, info: ValidationInfo) -> int:
+        # Each step puts the next token of every decoding sequence into one batch.
+        parallel = info.data.get("parallel")
+        if parallel is not None and batch_size < parallel:
+            raise ValueError(
+                f"must be at least parallel ({parallel}): each decode step holds one token of "
+                "every sequence"
+            )
+        return batch_size

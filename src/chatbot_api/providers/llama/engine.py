@@ -1,10 +1,15 @@
 """The continuous-batching engine: one loaded model, one decode thread, many sequences.
 
-Each step the thread builds one llama.cpp batch holding the next token of every decoding
-sequence (one sequence id each) plus as much pending prompt as fits, decodes it once, and
-samples every sequence that produced logits with that sequence's own sampler chain. New
-requests join between steps; finished and cancelled ones leave and free their KV cells.
-llama.cpp releases the GIL while it computes, so the event loop keeps serving meanwhile.
+It runs inside the model's engine process (``providers.llama.server``). Each step the decode
+thread builds one llama.cpp batch holding the next token of every decoding sequence (one
+sequence id each) plus as much pending prompt as fits, decodes it once, and samples every
+sequence that produced logits with that sequence's own sampler chain, after its grammar (if
+any) has barred the tokens it does not allow. New sequences join between steps; finished and
+cancelled ones leave and free their KV cells. The events of a step are handed over together.
+
+A failure that belongs to one sequence (its grammar, its sampling) fails that sequence alone;
+a failure of the loop itself fails every sequence and is reported to the process, which exits
+so that its supervisor starts a fresh engine.
 """
 
 from __future__ import annotations
@@ -12,41 +17,60 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
-from chatbot_api import metrics
-from chatbot_api.errors import ServerOverloadedError
+from chatbot_api.errors import ChatbotAPIError, ServerOverloadedError, internal_error
 from chatbot_api.providers.base import FinishReason
 from chatbot_api.providers.llama.config import LlamaCppConfig
 from chatbot_api.providers.llama.native_log import route_native_logs
 from chatbot_api.providers.llama.sampling import build_sampler, token_logprob, token_piece
-from chatbot_api.providers.llama.sequence import Done, Emission, Failure, Sequence
+from chatbot_api.providers.llama.sequence import Done, Emission, Failure, Sequence, SequenceEvent
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "EventSink"]
 
 logger = logging.getLogger(__name__)
 
-_backend_ready = threading.Lock()
-_backend_initialised = False
+#: Receives the events of one decode step, in order, on the decode thread.
+EventSink = Callable[[list[tuple[Sequence, SequenceEvent]]], None]
+#: Receives the number of sequences decoding and waiting whenever they change.
+StatsSink = Callable[[int, int], None]
+#: How long the decode thread sleeps when every sequence waits on its grammar (it is woken as
+#: soon as one is ready; this only bounds a missed wake-up).
+_IDLE_WAIT_SECONDS = 0.05
+#: How long a step waits for the grammars of the last step to prepare their next masks (most
+#: take well under a millisecond). A grammar slower than this misses the step, and holds
+#: back its own sequence only.
+_GRAMMAR_WAIT_SECONDS = 0.005
 
 
-def _init_backend() -> None:
-    global _backend_initialised
-    with _backend_ready:
-        if not _backend_initialised:
-            route_native_logs()
-            llama_cpp.llama_backend_init()
-            _backend_initialised = True
+def _shutting_down() -> ServerOverloadedError:
+    return ServerOverloadedError("The model is shutting down.", headers={"Retry-After": "1"})
 
 
 class Engine:
-    def __init__(self, model_id: str, path: Path, config: LlamaCppConfig) -> None:
-        _init_backend()
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        config: LlamaCppConfig,
+        *,
+        on_events: EventSink,
+        on_stats: StatsSink,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        route_native_logs()
+        llama_cpp.llama_backend_init()
         self.model_id = model_id
         self.config = config
         self.context_size = config.context_size
+        self._on_events = on_events
+        self._on_stats = on_stats
+        self._on_fatal = on_fatal
         model_params = llama_cpp.llama_model_default_params()
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
@@ -73,8 +97,15 @@ class Engine:
         self._lock = threading.Condition()
         self._waiting: deque[Sequence] = deque()
         self._active: list[Sequence] = []
+        #: Requests admitted but still being prepared (tokenised, grammar compiled).
+        self._preparing = 0
         self._free_ids = list(range(config.parallel - 1, -1, -1))
         self._closing = False
+        self._outbox: list[tuple[Sequence, SequenceEvent]] = []
+        self._stats = (0, 0)
+        #: Grammars take each sampled token and prepare their next mask here.
+        self._steps = ThreadPoolExecutor(2, thread_name_prefix="grammar-step")
+        self._fresh_steps: list[Future[None]] = []
         self._thread = threading.Thread(target=self._run, name=f"llama:{model_id}", daemon=True)
         self._thread.start()
 
@@ -102,19 +133,41 @@ class Engine:
 
     # -- requests -------------------------------------------------------------------------
 
-    def submit(self, sequence: Sequence) -> None:
-        """Queue a sequence; refuse at once (503) when every slot and queue place is taken."""
+    def reserve(self) -> None:
+        """Hold a place for a request about to be prepared; 503 at once when there is none.
+
+        Every request holds a place from here until it ends: a decoding slot or one of
+        ``queue_size`` places in line.
+        """
         with self._lock:
             if self._closing:
-                raise ServerOverloadedError("The model is shutting down.")
-            free_now = len(self._free_ids) - len(self._waiting)
-            if free_now <= 0 and len(self._waiting) >= self.config.queue_size:
+                raise _shutting_down()
+            held = len(self._active) + len(self._waiting) + self._preparing
+            if held >= self.config.parallel + self.config.queue_size:
                 raise ServerOverloadedError(
                     f"Model '{self.model_id}' is busy: every sequence and queue place is taken. "
                     "Please retry shortly.",
                     headers={"Retry-After": "1"},
                 )
+            self._preparing += 1
+
+    def unreserve(self) -> None:
+        """Give back a place whose request failed or left before it was submitted."""
+        with self._lock:
+            self._preparing -= 1
+
+    def submit(self, sequence: Sequence) -> None:
+        """Queue a prepared sequence in the place :meth:`reserve` held for it."""
+        with self._lock:
+            self._preparing -= 1
+            if self._closing:
+                raise _shutting_down()
             self._waiting.append(sequence)
+            self._lock.notify()
+
+    def wake(self) -> None:
+        """Have the decode thread look again now (a cancellation, a grammar step done)."""
+        with self._lock:
             self._lock.notify()
 
     @property
@@ -126,6 +179,7 @@ class Engine:
             self._closing = True
             self._lock.notify()
         self._thread.join()
+        self._steps.shutdown(wait=True, cancel_futures=True)
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
         llama_cpp.llama_model_free(self._model)
@@ -136,17 +190,38 @@ class Engine:
         try:
             while self._admit():
                 self._step()
-        except Exception as exc:  # pragma: no cover - llama.cpp failures we cannot provoke
+                self._flush()
+        except BaseException as exc:
             logger.exception("the decode loop of %s failed", self.model_id)
-            for sequence in [*self._active, *self._waiting]:
-                sequence.push(Failure(exc))
-        finally:
-            with self._lock:
-                leftovers = [*self._active, *self._waiting]
-                self._active.clear()
-                self._waiting.clear()
-            for sequence in leftovers:
-                sequence.push(Failure(ServerOverloadedError("The model is shutting down.")))
+            try:
+                self._fail_all(
+                    ServerOverloadedError(
+                        f"The engine of model '{self.model_id}' failed; it is being restarted. "
+                        "Please retry shortly.",
+                        headers={"Retry-After": "1"},
+                    )
+                )
+            finally:
+                self._on_fatal(exc)
+        else:
+            self._fail_all(_shutting_down())
+
+    def _fail_all(self, error: ChatbotAPIError) -> None:
+        with self._lock:
+            leftovers = [*self._active, *self._waiting]
+            self._active.clear()
+            self._waiting.clear()
+        self._outbox.extend((sequence, Failure(error)) for sequence in leftovers)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._outbox:
+            events, self._outbox = self._outbox, []
+            self._on_events(events)
+        stats = (len(self._active), len(self._waiting))
+        if stats != self._stats:
+            self._stats = stats
+            self._on_stats(*stats)
 
     def _admit(self) -> bool:
         """Move waiting sequences into free slots; sleep while there is nothing to do."""
@@ -160,27 +235,34 @@ class Engine:
                 if sequence.cancelled:
                     continue
                 sequence.seq_id = self._free_ids.pop()
-                sequence.sampler = build_sampler(self.vocab, self.n_vocab, sequence.params)
+                sequence.sampler = build_sampler(self.n_vocab, sequence.params)
                 self._active.append(sequence)
-            metrics.QUEUE_DEPTH.labels(self.model_id).set(len(self._waiting))
-            metrics.SLOTS_IN_USE.labels(self.model_id).set(len(self._active))
             return True
 
     def _step(self) -> None:
         for sequence in [s for s in self._active if s.cancelled]:
             logger.info(
                 "sequence cancelled",
-                extra={"model": self.model_id, "completion_tokens": sequence.generated},
+                extra={
+                    "model": self.model_id,
+                    "completion_tokens": sequence.generated,
+                    "request_id": sequence.request_id,
+                },
             )
             self._release(sequence)
+        if self._fresh_steps:
+            wait(self._fresh_steps, timeout=_GRAMMAR_WAIT_SECONDS)
+            self._fresh_steps.clear()
+        for sequence in [s for s in self._active if s.stepping is not None and s.stepping.done()]:
+            self._grammar_stepped(sequence)
+
         batch = self._batch
         batch.n_tokens = 0
         to_sample: list[tuple[Sequence, int]] = []
         in_batch: list[Sequence] = []
         room = self.config.batch_size
-
         for sequence in self._active:
-            if sequence.prompt_done and not sequence.backlogged:
+            if sequence.ready_to_decode and room > 0:
                 self._add(sequence.last_token, sequence, logits=True)
                 to_sample.append((sequence, batch.n_tokens - 1))
                 in_batch.append(sequence)
@@ -200,22 +282,45 @@ class Engine:
                     to_sample.append((sequence, batch.n_tokens - 1))
 
         if batch.n_tokens == 0:
-            # Every sequence waits on a slow reader; look again shortly.
+            # Every sequence waits on its grammar: sleep until one is ready.
             with self._lock:
-                self._lock.wait(0.005)
+                self._lock.wait(_IDLE_WAIT_SECONDS)
             return
         status = llama_cpp.llama_decode(self._ctx, batch)
-        if status != 0:  # pragma: no cover - the KV cache is sized so that every slot fits
+        if status != 0:
+            # The KV cache is sized so that every slot's context fits; should llama.cpp refuse
+            # anyway, the sequences of this batch fail and the others carry on.
             error = ServerOverloadedError(
                 f"Model '{self.model_id}' could not decode (llama.cpp status {status}); "
-                "please retry."
+                "please retry.",
+                headers={"Retry-After": "1"},
             )
             for sequence in in_batch:
-                sequence.push(Failure(error))
-                self._release(sequence)
+                self._fail(sequence, error)
             return
         for sequence, index in to_sample:
-            self._sample(sequence, index)
+            try:
+                self._sample(sequence, index)
+            except Exception:
+                logger.exception("sampling failed", extra={"request_id": sequence.request_id})
+                self._fail(sequence, internal_error(sequence.request_id))
+
+    def _grammar_stepped(self, sequence: Sequence) -> None:
+        stepping, sequence.stepping = sequence.stepping, None
+        assert stepping is not None
+        assert sequence.constraint is not None
+        error = stepping.exception()
+        if isinstance(error, ChatbotAPIError):
+            self._fail(sequence, error)
+        elif error is not None:
+            logger.error(
+                "the grammar failed",
+                exc_info=error,
+                extra={"request_id": sequence.request_id},
+            )
+            self._fail(sequence, internal_error(sequence.request_id))
+        elif sequence.constraint.finished:
+            self._finish(sequence, "stop", flush=True)
 
     def _add(self, token: int, sequence: Sequence, *, logits: bool) -> None:
         batch = self._batch
@@ -229,6 +334,11 @@ class Engine:
         sequence.n_past += 1
 
     def _sample(self, sequence: Sequence, index: int) -> None:
+        if sequence.constraint is not None:
+            logits = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,)
+            )
+            sequence.constraint.apply(logits)
         token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, index)
         sequence.generated += 1
         if sequence.params.logprobs:
@@ -258,13 +368,18 @@ class Engine:
             self._finish(sequence, "length", flush=True)
         else:
             sequence.last_token = token
+            if sequence.constraint is not None:
+                stepping: Future[None] = self._steps.submit(sequence.constraint.advance, token)
+                stepping.add_done_callback(lambda _: self.wake())
+                sequence.stepping = stepping
+                self._fresh_steps.append(stepping)
 
     def _emit(self, sequence: Sequence, text: str) -> None:
         logprobs = None
         if sequence.params.logprobs:
             logprobs = tuple(sequence.held_logprobs)
             sequence.held_logprobs.clear()
-        sequence.push(Emission(text, logprobs))
+        self._outbox.append((sequence, Emission(text, logprobs)))
 
     def _finish(self, sequence: Sequence, reason: FinishReason, *, flush: bool) -> None:
         if flush:
@@ -272,7 +387,11 @@ class Engine:
             tail = emitted if stopped else emitted + sequence.matcher.flush()
             if tail:
                 self._emit(sequence, tail)
-        sequence.push(Done(reason, sequence.generated))
+        self._outbox.append((sequence, Done(reason, len(sequence.prompt), sequence.generated)))
+        self._release(sequence)
+
+    def _fail(self, sequence: Sequence, error: ChatbotAPIError) -> None:
+        self._outbox.append((sequence, Failure(error)))
         self._release(sequence)
 
     def _release(self, sequence: Sequence) -> None:
@@ -282,4 +401,3 @@ class Engine:
         with self._lock:
             self._active.remove(sequence)
             self._free_ids.append(sequence.seq_id)
-            metrics.SLOTS_IN_USE.labels(self.model_id).set(len(self._active))

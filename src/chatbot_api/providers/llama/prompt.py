@@ -1,24 +1,36 @@
 """From chat messages to the prompt a model reads, and the strings that end its turn.
 
-``template`` renders the chat template embedded in the GGUF (Jinja, as llama.cpp's own server
-does). ``transcript`` writes a plain conversation, which suits base models with no template,
-such as the bundled Gemma 3 270M: in our trials it answered short questions sensibly this
-way and produced nonsense with Gemma's turn markers (see README, "The bundled model").
+``template`` renders the chat template embedded in the GGUF (Jinja in a sandbox, with the
+helpers Hugging Face's chat templates expect, as llama.cpp's own server does). ``transcript``
+writes a plain conversation, which suits base models with no template, such as the bundled
+Gemma 3 270M: in our trials it answered short questions sensibly this way and produced
+nonsense with Gemma's turn markers (see README, "The bundled model").
+
+This runs in the API worker, which never loads llama.cpp itself: the engine process does.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+import jinja2.ext
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from chatbot_api.providers.base import PromptMessage
 
-__all__ = ["Prompt", "TemplatePrompter", "TranscriptPrompter"]
+__all__ = ["Prompt", "TemplatePrompter", "TemplateRefusedError", "TranscriptPrompter"]
 
 _SPEAKERS = {"user": "User", "assistant": "Assistant", "tool": "Tool", "function": "Tool"}
 DEFAULT_PREAMBLE = "The following is a conversation with a helpful assistant."
+
+
+class TemplateRefusedError(TemplateError):
+    """The chat template itself refused the messages (its ``raise_exception``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,20 +60,52 @@ class TranscriptPrompter:
         return Prompt(text, self.stops, parse_special=False, add_special=True, lstrip=True)
 
 
+def _to_json(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """``tojson`` as Hugging Face's chat templates expect it (not HTML-escaped)."""
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateRefusedError(message)
+
+
+def _strftime_now(format_: str) -> str:
+    return datetime.now().strftime(format_)
+
+
 class TemplatePrompter:
+    """Renders a GGUF's chat template; a template that does not compile stops start-up."""
+
     def __init__(self, template: str, bos_token: str, eos_token: str) -> None:
-        self._formatter = Jinja2ChatFormatter(
-            template=template, eos_token=eos_token, bos_token=bos_token
+        environment = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
         )
+        environment.filters["tojson"] = _to_json
+        self._template = environment.from_string(template)
+        self._bos = bos_token
+        self._eos = eos_token
 
     def __call__(self, messages: Sequence[PromptMessage]) -> Prompt:
-        rendered = self._formatter(
-            messages=[{"role": m.role, "content": m.text} for m in messages]  # type: ignore[misc]  # llama_cpp's TypedDicts
+        """Raises :class:`jinja2.TemplateError` when the template cannot render ``messages``."""
+        text = self._template.render(
+            messages=[{"role": m.role, "content": m.text} for m in messages],
+            bos_token=self._bos,
+            eos_token=self._eos,
+            add_generation_prompt=True,
+            raise_exception=_raise_exception,
+            strftime_now=_strftime_now,
         )
-        stops = tuple(rendered.stop) if isinstance(rendered.stop, list) else (rendered.stop,)
         return Prompt(
-            rendered.prompt,
-            tuple(s for s in stops if s),
+            text,
+            (self._eos,) if self._eos else (),
             parse_special=True,
             add_special=False,
             lstrip=False,

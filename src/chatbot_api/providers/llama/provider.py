@@ -1,33 +1,148 @@
-"""The ``llama_cpp`` provider: the async face of an :class:`~.engine.Engine`."""
+"""The ``llama_cpp`` provider, on the API worker's side: a request in, the engine's events out.
+
+The model itself runs in an engine process of its own (``server``), started and restarted by a
+supervisor (``supervisor``): the one ``chatbot-api serve`` runs for every worker, or this
+provider's own when the app was started another way. Here the request is checked against what
+the engine told us about the model, rendered into a prompt, and sent; the engine tokenises,
+compiles the grammar, decodes and answers.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-import llama_cpp
+from jinja2 import TemplateError
 
-from chatbot_api.errors import ContextLengthExceededError, InvalidRequestError
+from chatbot_api.config import Settings
+from chatbot_api.errors import EngineUnavailableError, InvalidRequestError
 from chatbot_api.providers.base import (
     Finish,
+    FinishReason,
     GenerationEvent,
     GenerationRequest,
     TextDelta,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from chatbot_api.providers.llama.bundled import prepare_bundled_model
+from chatbot_api.providers.llama.client import EngineClient
 from chatbot_api.providers.llama.config import LlamaCppConfig
-from chatbot_api.providers.llama.engine import Engine
-from chatbot_api.providers.llama.prompt import Prompt, TemplatePrompter, TranscriptPrompter
-from chatbot_api.providers.llama.sampling import SamplingParams, grammar_for
-from chatbot_api.providers.llama.sequence import Done, Emission, Failure, Sequence
+from chatbot_api.providers.llama.prompt import TemplatePrompter, TranscriptPrompter
+from chatbot_api.providers.llama.protocol import (
+    Finished,
+    Generate,
+    GrammarSpec,
+    Hello,
+    Sampling,
+    TokenLogprobWire,
+)
+from chatbot_api.providers.llama.supervisor import (
+    EngineLogging,
+    EngineSupervisor,
+    engine_log_file,
+    engine_socket,
+)
 
-__all__ = ["LlamaCppProvider"]
+__all__ = ["MAX_SCHEMA_BYTES", "MAX_SCHEMA_DEPTH", "LlamaCppProvider", "grammar_spec"]
 
 logger = logging.getLogger(__name__)
+
+#: Largest JSON schema accepted in ``response_format`` (as compact JSON).
+MAX_SCHEMA_BYTES = 1024 * 1024
+#: Deepest nesting of objects and arrays a schema may have; llguidance refuses deeper ones.
+MAX_SCHEMA_DEPTH = 100
+#: How long a worker waits at start for the engine ``serve`` started (then keeps trying).
+_CONNECT_SECONDS = 30.0
+
+Prompter = TemplatePrompter | TranscriptPrompter
+
+
+def _schema_error(reason: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid schema for response_format: {reason}",
+        param="response_format",
+        code="invalid_json_schema",
+    )
+
+
+def _depth(value: object) -> int:
+    """How deeply objects and arrays nest in ``value`` (without recursing)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_SCHEMA_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def grammar_spec(response_format: dict[str, Any] | None) -> GrammarSpec | None:
+    """What the engine must hold the output to, checked as far as it can be without it."""
+    if not response_format:
+        return None
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return GrammarSpec("json_object", "")
+    if kind != "json_schema":
+        raise InvalidRequestError(
+            f"Invalid value for 'response_format.type': {kind!r}; supported values are 'text', "
+            "'json_object' and 'json_schema'.",
+            param="response_format.type",
+            code="invalid_value",
+        )
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if schema is None:
+        raise InvalidRequestError(
+            "Missing required parameter: 'response_format.json_schema.schema'.",
+            param="response_format.json_schema.schema",
+            code="missing_required_parameter",
+        )
+    if not isinstance(schema, dict):
+        raise _schema_error("the schema must be a JSON object")
+    if _depth(schema) > MAX_SCHEMA_DEPTH:
+        raise _schema_error(f"objects and arrays nest deeper than {MAX_SCHEMA_DEPTH} levels")
+    # Sorted keys: equal schemas share one compiled grammar in the engine's cache.
+    text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    if len(text) > MAX_SCHEMA_BYTES:
+        raise _schema_error(f"the schema is larger than {MAX_SCHEMA_BYTES} bytes")
+    return GrammarSpec("json_schema", text)
+
+
+def _logprobs(wire: list[TokenLogprobWire] | None) -> tuple[TokenLogprob, ...] | None:
+    if wire is None:
+        return None
+    return tuple(
+        TokenLogprob(
+            token=t.token,
+            logprob=t.logprob,
+            bytes=tuple(t.bytes),
+            top_logprobs=tuple(
+                TopLogprob(token=a.token, logprob=a.logprob, bytes=tuple(a.bytes))
+                for a in t.top_logprobs
+            ),
+        )
+        for t in wire
+    )
 
 
 class LlamaCppProvider:
@@ -35,38 +150,75 @@ class LlamaCppProvider:
         {"logprobs", "top_logprobs", "response_format", "logit_bias"}
     )
 
-    def __init__(self, model_id: str, config: LlamaCppConfig, data_dir: Path) -> None:
-        """Blocking (prepares and loads the model): construct it off the event loop."""
-        path = config.path or prepare_bundled_model(data_dir, show_progress=sys.stderr.isatty())
+    def __init__(self, model_id: str, config: LlamaCppConfig, settings: Settings) -> None:
+        """Blocking (the bundled model is assembled on first use): construct it off the loop."""
+        self.model_id = model_id
         self.config = config
-        self._engine = Engine(model_id, path, config)
-        self._prompter = self._choose_prompter(config)
-        logger.info(
-            "model loaded",
-            extra={"model": model_id, "path": str(path), "prompt_format": self.prompt_format},
+        self._path = config.path or prepare_bundled_model(
+            settings.data_dir, show_progress=sys.stderr.isatty()
         )
+        self._engine_dir = settings.engine_dir
+        self._logs = EngineLogging(
+            level=settings.log_level,
+            format=settings.log_format,
+            file=engine_log_file(settings.log_file, model_id),
+        )
+        self._own_dir: Path | None = None
+        self._supervisor: EngineSupervisor | None = None
+        self._client: EngineClient | None = None
+        self._prompter: Prompter | None = None
 
-    def _choose_prompter(self, config: LlamaCppConfig) -> TemplatePrompter | TranscriptPrompter:
-        template = self._engine.chat_template()
-        if config.prompt_format == "transcript" or (
-            config.prompt_format == "auto" and not template
-        ):
-            self.prompt_format = "transcript"
+    @property
+    def max_choices(self) -> int:
+        """Most choices one request can ever get: every slot and every queue place."""
+        return self.config.parallel + self.config.queue_size
+
+    async def start(self) -> None:
+        """Reach the model's engine: ``serve``'s, or one this provider starts and supervises."""
+        if self._engine_dir is not None:
+            socket = engine_socket(self._engine_dir, self.model_id)
+        else:
+            self._own_dir = Path(tempfile.mkdtemp(prefix="chatbot-api-engine-"))
+            socket = engine_socket(self._own_dir, self.model_id)
+            self._supervisor = EngineSupervisor(
+                self.model_id, self._path, self.config, socket, self._logs
+            )
+            await self._supervisor.start()
+        self._client = EngineClient(self.model_id, socket)
+        await self._client.start(wait_seconds=_CONNECT_SECONDS)
+        if self._client.hello is not None:
+            self._prompter = self._choose_prompter(self._client.hello)
+            logger.info(
+                "model loaded",
+                extra={
+                    "model": self.model_id,
+                    "path": str(self._path),
+                    "prompt_format": type(self._prompter).__name__,
+                },
+            )
+
+    @property
+    def engine_pid(self) -> int | None:
+        """The engine process's id, while it runs (for operators and tests)."""
+        hello = self._client.hello if self._client is not None else None
+        return hello.pid if hello is not None else None
+
+    def _choose_prompter(self, hello: Hello) -> Prompter:
+        template = hello.chat_template
+        format_ = self.config.prompt_format
+        if format_ == "transcript" or (format_ == "auto" and not template):
             return TranscriptPrompter()
         if not template:
-            raise ValueError("prompt_format is 'template' but the GGUF file has no chat template")
-        self.prompt_format = "template"
-        vocab = self._engine.vocab
-        return TemplatePrompter(
-            template,
-            bos_token=self._engine.token_text(llama_cpp.llama_vocab_bos(vocab)),
-            eos_token=self._engine.token_text(llama_cpp.llama_vocab_eos(vocab)),
-        )
+            raise ValueError(
+                f"model '{self.model_id}': prompt_format is 'template' but the GGUF file has no "
+                "chat template"
+            )
+        return TemplatePrompter(template, bos_token=hello.bos_token, eos_token=hello.eos_token)
 
-    def _sampling(self, request: GenerationRequest) -> SamplingParams:
+    def _sampling(self, request: GenerationRequest, n_vocab: int) -> Sampling:
         wire = request.request
         config = self.config
-        return SamplingParams(
+        return Sampling(
             temperature=config.temperature if wire.temperature is None else wire.temperature,
             top_p=config.top_p if wire.top_p is None else wire.top_p,
             top_k=config.top_k,
@@ -75,78 +227,85 @@ class LlamaCppProvider:
             presence_penalty=wire.presence_penalty or 0.0,
             frequency_penalty=wire.frequency_penalty or 0.0,
             seed=request.seed,
-            grammar=grammar_for(wire.response_format),
-            logit_bias=self._logit_bias(wire.logit_bias),
-            logprobs=bool(wire.logprobs),
-            top_logprobs=wire.top_logprobs or 0,
+            logit_bias=_logit_bias(wire.logit_bias, n_vocab),
         )
-
-    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float]:
-        result: dict[int, float] = {}
-        for key, value in (bias or {}).items():
-            if not key.isdigit() or int(key) >= self._engine.n_vocab or not -100 <= value <= 100:
-                raise InvalidRequestError(
-                    f"Invalid value for 'logit_bias': {key!r} must be a token id of this model "
-                    "and its bias between -100 and 100.",
-                    param="logit_bias",
-                    code="invalid_value",
-                )
-            result[int(key)] = value
-        return result
-
-    def _limit(self, request: GenerationRequest, prompt_tokens: int) -> int:
-        context = self.config.context_size
-        asked = request.max_tokens
-        if prompt_tokens >= context or (asked is not None and prompt_tokens + asked > context):
-            completion = f" and {asked} in the completion" if asked is not None else ""
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {context} tokens. However, you "
-                f"requested {prompt_tokens + (asked or 0)} tokens ({prompt_tokens} in the "
-                f"messages{completion}). Please reduce the length of the messages or completion.",
-                param="messages",
-            )
-        wanted = asked if asked is not None else self.config.max_tokens
-        return min(wanted, context - prompt_tokens)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        prompt: Prompt = self._prompter(request.messages)
-        params = self._sampling(request)
-        tokens = await asyncio.to_thread(
-            self._engine.tokenize,
-            prompt.text,
+        client = self._client
+        hello = client.hello if client is not None else None
+        if client is None or hello is None:
+            raise EngineUnavailableError(
+                self.model_id, client.problem if client is not None else None
+            )
+        if self._prompter is None:
+            self._prompter = self._choose_prompter(hello)
+        try:
+            prompt = self._prompter(request.messages)
+        except TemplateError as exc:
+            raise InvalidRequestError(
+                f"The model's chat template cannot render these messages: {exc}",
+                param="messages",
+            ) from None
+        grammar = grammar_spec(request.request.response_format)
+        # Under a grammar the output is JSON, which may hold the transcript's blank lines.
+        stops = [*request.stop, *self.config.stop]
+        if grammar is None:
+            stops.extend(prompt.stops)
+        message = Generate(
+            id=0,
+            prompt=prompt.text,
             add_special=prompt.add_special,
             parse_special=prompt.parse_special,
-        )
-        # Under a grammar the output is JSON, which may hold the transcript's blank lines.
-        stops = request.stop + tuple(self.config.stop)
-        if params.grammar is None:
-            stops += prompt.stops
-        sequence = Sequence(
-            prompt=tokens,
-            params=params,
-            max_tokens=self._limit(request, len(tokens)),
+            max_tokens=request.max_tokens,
             stops=stops,
-            loop=asyncio.get_running_loop(),
             lstrip=prompt.lstrip,
+            sampling=self._sampling(request, hello.n_vocab),
+            grammar=grammar,
+            logprobs=bool(request.request.logprobs),
+            top_logprobs=request.request.top_logprobs or 0,
+            request_id=request.request_id,
         )
-        self._engine.submit(sequence)
-        try:
-            while True:
-                event = await sequence.next_event()
-                if isinstance(event, Emission):
-                    yield TextDelta(event.text, logprobs=event.logprobs)
-                elif isinstance(event, Done):
-                    yield Finish(event.reason)
-                    yield Usage(len(tokens), event.completion_tokens)
-                    return
-                else:
-                    assert isinstance(event, Failure)
-                    raise event.error
-        finally:
-            sequence.cancelled = True
+        async for answer in client.generate(message):
+            if isinstance(answer, Finished):
+                reason: FinishReason = "length" if answer.reason == "length" else "stop"
+                yield Finish(reason)
+                yield Usage(answer.prompt_tokens, answer.completion_tokens)
+            else:
+                yield TextDelta(answer.text, logprobs=_logprobs(answer.logprobs))
 
     def problem(self) -> str | None:
-        return None if self._engine.running else "its decode thread has stopped"
+        if self._client is None:
+            return "its engine has not been started"
+        return self._client.problem
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._engine.close)
+        if self._client is not None:
+            await self._client.aclose()
+        if self._supervisor is not None:
+            await self._supervisor.stop()
+        if self._own_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self._own_dir, True)
+
+
+#: A ``logit_bias`` key is a token id in ASCII decimal digits; more digits than this cannot be
+#: a token of any vocabulary (and would only make ``int()`` work hard).
+_MAX_TOKEN_DIGITS = 10
+
+
+def _logit_bias(bias: dict[str, float] | None, n_vocab: int) -> dict[int, float]:
+    result: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        token = (
+            int(key)
+            if key.isascii() and key.isdigit() and len(key) <= _MAX_TOKEN_DIGITS
+            else n_vocab
+        )
+        if token >= n_vocab or not -100 <= value <= 100:
+            raise InvalidRequestError(
+                f"Invalid value for 'logit_bias': {key!r} must be a token id of this model "
+                f"(0 to {n_vocab - 1}, in decimal digits) and its bias between -100 and 100.",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        result[token] = value
+    return result

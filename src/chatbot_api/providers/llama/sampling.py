@@ -1,21 +1,20 @@
-"""Per-sequence sampling: a llama.cpp sampler chain built from the request, and logprobs."""
+"""Per-sequence sampling: a llama.cpp sampler chain built from the request, and logprobs.
+
+Used in the engine process only."""
 
 from __future__ import annotations
 
 import ctypes
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from chatbot_api.errors import InvalidRequestError
 from chatbot_api.providers.base import TokenLogprob, TopLogprob
 
-__all__ = ["SamplingParams", "build_sampler", "grammar_for", "token_logprob", "token_piece"]
+__all__ = ["SamplingParams", "build_sampler", "token_logprob", "token_piece"]
 
 _PENALTY_WINDOW = 64
 
@@ -30,62 +29,22 @@ class SamplingParams:
     presence_penalty: float
     frequency_penalty: float
     seed: int | None
-    grammar: str | None
     logit_bias: dict[int, float]
     logprobs: bool
     top_logprobs: int
 
 
-def grammar_for(response_format: dict[str, Any] | None) -> str | None:
-    """A GBNF grammar that only admits output of the requested JSON shape, or None."""
-    if not response_format:
-        return None
-    kind = response_format.get("type", "text")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return str(JSON_GBNF)
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise InvalidRequestError(
-                "Missing required parameter: 'response_format.json_schema.schema'.",
-                param="response_format.json_schema.schema",
-                code="missing_required_parameter",
-            )
-        try:
-            return str(json_schema_to_gbnf(json.dumps(schema)))
-        except Exception as exc:  # the converter raises bare Exceptions and KeyErrors
-            raise InvalidRequestError(
-                f"Invalid JSON schema for 'response_format': {exc}",
-                param="response_format.json_schema.schema",
-                code="invalid_value",
-            ) from None
-    raise InvalidRequestError(
-        f"Invalid value for 'response_format.type': {kind!r}; supported values are 'text', "
-        "'json_object' and 'json_schema'.",
-        param="response_format.type",
-        code="invalid_value",
-    )
+def build_sampler(n_vocab: int, params: SamplingParams) -> Any:
+    """The chain a sequence samples with; ``llama_sampler_sample`` also accepts the token.
 
-
-def build_sampler(vocab: Any, n_vocab: int, params: SamplingParams) -> Any:
-    """The chain a sequence samples with; ``llama_sampler_sample`` also accepts the token."""
+    Structured output is not part of the chain: the sequence's grammar bars tokens in the
+    logits before the chain runs (``grammar.Constraint``).
+    """
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
 
     def add(sampler: Any) -> None:
         llama_cpp.llama_sampler_chain_add(chain, sampler)
 
-    if params.grammar is not None:
-        grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-        if not grammar:
-            llama_cpp.llama_sampler_free(chain)
-            raise InvalidRequestError(
-                "The JSON schema in 'response_format' could not be compiled to a grammar.",
-                param="response_format",
-            )
-        add(grammar)
     if params.logit_bias:
         biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
             *(llama_cpp.llama_logit_bias(token, bias) for token, bias in params.logit_bias.items())

@@ -1,29 +1,27 @@
-"""One request's generation, shared between the engine thread and the request's coroutine.
+"""One request's generation inside the engine process, and the events it produces.
 
-The engine appends events to ``out`` and wakes the coroutine through its event loop; the
-coroutine sets ``cancelled`` when its client goes away, and the engine drops the sequence at
-its next step. ``out`` is bounded in effect: the engine skips a sequence whose backlog is full,
-so a slow reader holds back only its own sequence, never the batch.
+The engine process builds a :class:`Sequence` once the prompt is tokenised and its grammar (if
+any) compiled; the decode thread owns it from then on. ``cancelled`` is the one field another
+thread writes: the request's client went away, and the decode thread drops the sequence at its
+next step.
 """
 
 from __future__ import annotations
 
-import asyncio
 import codecs
-from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from chatbot_api.errors import ChatbotAPIError
 from chatbot_api.providers.base import FinishReason, TokenLogprob
 from chatbot_api.providers.stop import StopMatcher
 
 if TYPE_CHECKING:
+    from chatbot_api.providers.llama.grammar import Constraint
     from chatbot_api.providers.llama.sampling import SamplingParams
 
-__all__ = ["Done", "Emission", "Failure", "Sequence"]
-
-#: Events a sequence may hold unread before the engine stops decoding it.
-BACKLOG = 64
+__all__ = ["Done", "Emission", "Failure", "Sequence", "SequenceEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +33,13 @@ class Emission:
 @dataclass(frozen=True, slots=True)
 class Done:
     reason: FinishReason
+    prompt_tokens: int
     completion_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    error: Exception
+    error: ChatbotAPIError
 
 
 SequenceEvent = Emission | Done | Failure
@@ -48,25 +47,29 @@ SequenceEvent = Emission | Done | Failure
 
 @dataclass(eq=False)
 class Sequence:
+    #: The requesting connection's own id for it, and the connection (opaque to the engine).
+    id: int
+    owner: object
     prompt: list[int]
     params: SamplingParams
     max_tokens: int
     stops: tuple[str, ...]
-    loop: asyncio.AbstractEventLoop
+    request_id: str | None = None
     #: Drop leading white space of the reply (a transcript prompt ends in "Assistant:").
     lstrip: bool = False
+    constraint: Constraint | None = None
 
-    out: deque[SequenceEvent] = field(default_factory=deque)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False
 
-    # Engine-thread state from here on.
+    # Decode-thread state from here on.
     seq_id: int = -1
     prefilled: int = 0
     n_past: int = 0
     generated: int = 0
     last_token: int = -1
     sampler: object = None
+    #: The grammar taking the last sampled token and preparing its next mask, in a worker.
+    stepping: Future[None] | None = None
     matcher: StopMatcher = field(init=False)
     decoder: codecs.IncrementalDecoder = field(init=False)
     held_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -80,22 +83,6 @@ class Sequence:
         return self.prefilled >= len(self.prompt)
 
     @property
-    def backlogged(self) -> bool:
-        return len(self.out) >= BACKLOG
-
-    def push(self, event: SequenceEvent) -> None:
-        """Engine thread: hand an event over and wake the reader."""
-        self.out.append(event)
-        try:
-            self.loop.call_soon_threadsafe(self.wakeup.set)
-        except RuntimeError:  # the reader's loop is gone; nobody is listening
-            self.cancelled = True
-
-    async def next_event(self) -> SequenceEvent:
-        """Request coroutine: the next event, waiting for the engine if there is none yet."""
-        while not self.out:
-            self.wakeup.clear()
-            if self.out:
-                break
-            await self.wakeup.wait()
-        return self.out.popleft()
+    def ready_to_decode(self) -> bool:
+        """Its prompt is in and its grammar (if any) knows which tokens may come next."""
+        return self.prompt_done and self.stepping is None

@@ -1,0 +1,213 @@
+"""Starting, watching and restarting the engine process of one local model.
+
+The supervisor runs in the process that owns the engines: ``chatbot-api serve``'s main process
+(one engine per model, shared by every API worker), or an app's own lifespan when it was
+started some other way. It keeps the engine's standard input open; closing it is how the
+engine is told to stop, and how it learns that its supervisor died. When the engine exits on
+its own (a C++ abort, the kernel's OOM killer, a failed decode loop), the supervisor logs the
+cause and starts a new one after a backoff that grows while the engine keeps dying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from chatbot_api.providers.llama.config import LlamaCppConfig
+from chatbot_api.providers.llama.protocol import EXIT_ENGINE_FAILED, EngineSpec
+
+__all__ = [
+    "EngineLogging",
+    "EngineStartError",
+    "EngineSupervisor",
+    "describe_exit",
+    "engine_socket",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait before each restart, by how many times in a row the engine died young.
+_BACKOFF = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: An engine that ran this long before dying starts the backoff afresh.
+_HEALTHY_SECONDS = 60.0
+#: How long a stopped engine may take to exit before it is killed.
+_STOP_SECONDS = 10.0
+
+
+class EngineStartError(RuntimeError):
+    """The engine process exited before it was ready; the message says how."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLogging:
+    """How the engine process logs: as the server does, to a file of its own if any."""
+
+    level: str
+    format: str
+    file: Path | None
+
+
+def engine_socket(directory: Path, model_id: str) -> Path:
+    """Where the engine of ``model_id`` listens: short and safe whatever the model's id."""
+    digest = hashlib.sha256(model_id.encode()).hexdigest()[:16]
+    return directory / f"engine-{digest}.sock"
+
+
+def engine_log_file(log_file: Path | None, model_id: str) -> Path | None:
+    """The engine's own log file beside the server's: ``api.engine.<model>.log``."""
+    if log_file is None:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", model_id)
+    return log_file.with_name(f"{log_file.stem}.engine.{safe}{log_file.suffix}")
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    if returncode == EXIT_ENGINE_FAILED:
+        return "its decode loop failed"
+    return f"exited with status {returncode}"
+
+
+class EngineSupervisor:
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        config: LlamaCppConfig,
+        socket: Path,
+        logs: EngineLogging,
+        *,
+        start_timeout: float = 600.0,
+    ) -> None:
+        self.model_id = model_id
+        self.socket = socket
+        self.restarts = 0
+        self._path = path
+        self._config = config
+        self._logs = logs
+        self._start_timeout = start_timeout
+        self._process: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def start(self) -> None:
+        """Start the engine and wait until it serves; :class:`EngineStartError` if it cannot."""
+        await self._spawn()
+        self._watcher = asyncio.create_task(
+            self._watch(), name=f"engine-supervisor:{self.model_id}"
+        )
+
+    async def stop(self) -> None:
+        """Stop the engine: close its standard input, wait, kill it if it does not go."""
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), _STOP_SECONDS)
+        except TimeoutError:
+            logger.warning("the engine of %s did not stop in time; killing it", self.model_id)
+            process.kill()
+            await process.wait()
+
+    async def _spawn(self) -> None:
+        spec = EngineSpec(
+            model_id=self.model_id,
+            path=str(self._path),
+            config=self._config.model_dump_json(),
+            socket=str(self.socket),
+            restarts=self.restarts,
+            log_level=self._logs.level,
+            log_format=self._logs.format,
+            log_file=str(self._logs.file) if self._logs.file else None,
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "chatbot_api.providers.llama.server",
+            msgspec.json.encode(spec).decode(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        self._process = process
+        try:
+            ready = await asyncio.wait_for(_announced_ready(process), self._start_timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise EngineStartError(
+                f"the engine of model '{self.model_id}' did not start within "
+                f"{self._start_timeout:g} s"
+            ) from None
+        if not ready:
+            returncode = await process.wait()
+            raise EngineStartError(
+                f"the engine of model '{self.model_id}' {describe_exit(returncode)} while "
+                "starting; its log lines above say why"
+            )
+
+    async def _watch(self) -> None:
+        died_young = 0
+        while not self._stopping:
+            process = self._process
+            assert process is not None
+            started = time.monotonic()
+            returncode = await process.wait()
+            if self._stopping:
+                return
+            if time.monotonic() - started >= _HEALTHY_SECONDS:
+                died_young = 0
+            delay = _BACKOFF[min(died_young, len(_BACKOFF) - 1)]
+            died_young += 1
+            self.restarts += 1
+            logger.error(
+                "the engine of model %s died (%s); restarting it in %g s",
+                self.model_id,
+                describe_exit(returncode),
+                delay,
+                extra={
+                    "model": self.model_id,
+                    "cause": describe_exit(returncode),
+                    "restarts": self.restarts,
+                },
+            )
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn()
+            except EngineStartError as error:
+                logger.error("%s", error, extra={"model": self.model_id})
+                # The next round waits on the dead process at once and backs off further.
+
+
+async def _announced_ready(process: asyncio.subprocess.Process) -> bool:
+    """Whether the engine wrote ``ready`` on standard output before closing it."""
+    assert process.stdout is not None
+    while line := await process.stdout.readline():
+        if line.strip() == b"ready":
+            return True
+    return False

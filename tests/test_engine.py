@@ -1,0 +1,224 @@
+"""The model engine in a process of its own: shared by workers, and survived when it dies.
+
+An engine can die for reasons no request controls (a C++ abort, the kernel's OOM killer); these
+tests kill it with SIGKILL, the one way to die that nothing can clean up after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import ServerFactory
+from tests.servers import AnyServer, ServerProcess, clean_env
+
+MODEL = "gemma-3-270m"
+#: Newlines (where the transcript's stop strings begin), end of text and end of turn biased
+#: away: a stream runs its whole length, so it is still running when the engine is killed.
+NEVER_STOP = {"107": -100, "108": -100, "1": -100, "106": -100}
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def _wait_for(what: str, check: Any, seconds: float = 60.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class _Stream(threading.Thread):
+    """A long streamed completion read in a thread: its events, and when it saw text."""
+
+    def __init__(self, base_url: str, number: int) -> None:
+        super().__init__(daemon=True)
+        self.base_url = base_url
+        self.number = number
+        self.status: int | None = None
+        self.events: list[str] = []
+        self.started = threading.Event()
+
+    def run(self) -> None:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"Tell me long story number {self.number}."}],
+            "stream": True,
+            "max_tokens": 400,
+            "logit_bias": NEVER_STOP,
+        }
+        url = f"{self.base_url}/v1/chat/completions"
+        with httpx.stream("POST", url, json=body, timeout=60) as answer:
+            self.status = answer.status_code
+            for line in answer.iter_lines():
+                if line.startswith("data: "):
+                    self.events.append(line.removeprefix("data: "))
+                    if '"content":"' in line and '"content":""' not in line:
+                        self.started.set()
+
+
+def _streams_cut_off_by_a_kill(server: AnyServer, engine_pid: int) -> list[_Stream]:
+    streams = [_Stream(server.base_url, n) for n in range(4)]
+    for stream in streams:
+        stream.start()
+    for stream in streams:
+        assert stream.started.wait(60), "a stream never produced text"
+    os.kill(engine_pid, signal.SIGKILL)
+    for stream in streams:
+        stream.join(30)
+        assert not stream.is_alive(), "a stream hung after its engine died"
+    return streams
+
+
+def _assert_each_ended_with_an_error(streams: list[_Stream]) -> None:
+    for stream in streams:
+        assert stream.status == 200
+        assert stream.events[-1] == "[DONE]"
+        error = json.loads(stream.events[-2])["error"]
+        assert error["code"] == "engine_unavailable"
+        assert error["type"] == "server_error"
+
+
+def _completes(server: AnyServer) -> bool:
+    answer = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+        timeout=30,
+    )
+    return answer.status_code == 200
+
+
+def test_a_killed_engine_fails_its_requests_at_once_and_is_restarted(
+    start_server: ServerFactory, data_dir: Path
+) -> None:
+    server = start_server(bundled_model=True, data_dir=data_dir)
+    provider = server.app.state.services.registry.get(MODEL).provider
+    first_pid = provider.engine_pid
+    assert first_pid is not None
+
+    streams = _streams_cut_off_by_a_kill(server, first_pid)
+
+    _assert_each_ended_with_an_error(streams)
+    # While the engine restarts, requests are refused at once, with a time to come back...
+    refused = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]},
+        timeout=5,
+    )
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "engine_unavailable"
+    assert refused.headers["retry-after"] == "1"
+    # ... /ready names the model, and the other models serve as before.
+    ready = httpx.get(f"{server.base_url}/ready", timeout=5)
+    assert ready.status_code == 503
+    assert MODEL in ready.json()["error"]["message"]
+    echo = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": "echo", "messages": [{"role": "user", "content": "still here"}]},
+        timeout=5,
+    )
+    assert echo.json()["choices"][0]["message"]["content"] == "still here"
+    # Then the supervisor's new engine takes over.
+    _wait_for("the restarted engine to answer", lambda: _completes(server))
+    assert provider.engine_pid not in (None, first_pid)
+    assert httpx.get(f"{server.base_url}/ready", timeout=5).status_code == 200
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+    assert f'chatbot_engine_restarts{{model="{MODEL}"}} 1.0' in metrics
+    assert f'chatbot_engine_up{{model="{MODEL}"}} 1.0' in metrics
+
+
+def test_workers_share_one_engine_that_survives_a_kill(tmp_path: Path, data_dir: Path) -> None:
+    log_file = tmp_path / "api.log"
+    env = clean_env(
+        CHATBOT_DATA_DIR=str(data_dir),
+        CHATBOT_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}",
+        CHATBOT_LOG_FILE=str(log_file),
+    )
+    with ServerProcess(env, tmp_path / "output.txt", "--workers", "2") as server:
+        output = tmp_path / "output.txt"
+
+        def connections() -> list[dict[str, Any]]:
+            return [r for r in _records(output) if r["message"].startswith("connected to")]
+
+        _wait_for("both workers to reach the engine", lambda: len(connections()) >= 2)
+        found = connections()
+        engines = [r for r in _records(output) if r["message"] == "engine ready"]
+        # One engine, and both workers talk to it: one copy of the weights.
+        assert len(engines) == 1
+        engine_pid = engines[0]["pid"]
+        assert {r["engine_pid"] for r in found} == {engine_pid}
+        worker_pids = {r["worker_pid"] for r in found}
+        assert len(worker_pids) == 2
+        for pid in worker_pids:
+            assert _resident_mib(pid) < 0.5 * _resident_mib(engine_pid)
+
+        streams = _streams_cut_off_by_a_kill(server, engine_pid)
+
+        _assert_each_ended_with_an_error(streams)
+        _wait_for("the restarted engine to answer", lambda: _completes(server))
+        restarted = [r for r in _records(output) if r["message"] == "engine ready"][-1]
+        assert restarted["restarts"] == 1
+        assert restarted["pid"] != engine_pid
+        cause = [r for r in _records(output) if r.get("cause")]
+        assert cause[0]["cause"] == "killed by SIGKILL"
+    assert server.returncode == 0, output.read_text()[-3000:]
+    # The engine left with the server.
+    assert not Path(f"/proc/{restarted['pid']}").exists()
+
+
+def _resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_serve_refuses_to_start_when_an_engine_cannot(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF but not really")
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.broken]\nprovider = "llama_cpp"\npath = "{broken}"\n')
+    env = clean_env(
+        CHATBOT_MODELS_FILE=str(models),
+        CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_DATA_DIR=str(tmp_path),
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-m", "chatbot_api", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 2
+    assert "the engine of model 'broken' exited with status 1 while starting" in done.stderr
+
+
+def test_an_engine_that_cannot_deliver_fails_every_sequence_then_stops(data_dir: Path) -> None:
+    script = Path(__file__).with_name("engine_faults.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report == {"failures": ["server_overloaded", "server_overloaded"], "fatal": True}

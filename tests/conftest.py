@@ -21,6 +21,11 @@ provider = "echo"
 owned_by = "tests"
 token_delay = 0.05
 
+[models."echo-silent"]
+provider = "echo"
+owned_by = "tests"
+token_delay = 5
+
 [models."broken-at-start"]
 provider = "broken"
 

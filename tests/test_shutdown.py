@@ -69,6 +69,14 @@ def test_sigterm_lets_streams_finish_within_the_grace_period(tmp_path: Path) -> 
     assert json.loads(long[-2])["error"]["code"] == "server_shutting_down"
     assert len(long) > 20  # it kept streaming during the grace period
     assert took < 15
+    # The log says the server ended it, not that its client left.
+    logged = [
+        json.loads(line)["message"]
+        for line in server.output.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert "ended at shutdown; generation stopped" in logged
+    assert "client disconnected; generation stopped" not in logged
     # The finished stream was stored and flushed before the process exited.
     with sqlite3.connect(database) as connection:
         rows = connection.execute("SELECT count(*) FROM stored_completions").fetchone()

@@ -158,6 +158,14 @@ class Settings(BaseSettings):
             "with an error event."
         ),
     )
+    request_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "Longest a chat completion may run, from arrival to its last byte (streams "
+            "included); then it is stopped: 504 `deadline_exceeded`, or an error event."
+        ),
+    )
     sse_ping_seconds: float = Field(
         default=15.0,
         ge=0,

@@ -13,11 +13,13 @@
     ├── RequestTooLargeError                413   invalid_request_error (code request_too_large)
     ├── RequestHeadersTooLargeError         431   invalid_request_error (code headers_too_large)
     ├── RateLimitError                      429   requests / tokens (code rate_limit_exceeded)
+    ├── ClientClosedRequestError            499   invalid_request_error (never sent: logged)
     ├── InternalServerError                 500   server_error
     ├── ServerOverloadedError               503   server_error (code server_overloaded)
     ├── NotReadyError                       503   server_error (code not_ready)
     ├── UpstreamError                       502   server_error (code upstream_error)
     ├── UpstreamTimeoutError                504   server_error (code upstream_timeout)
+    ├── DeadlineExceededError               504   server_error (code deadline_exceeded)
     ├── ServerShuttingDownError             503   server_error (code server_shutting_down)
     ├── EngineUnavailableError              503   server_error (code engine_unavailable)
     └── DatabaseUnavailableError            503   server_error (code database_unavailable)
@@ -38,8 +40,10 @@ from chatbot_api.schemas.errors import ErrorBody, ErrorResponse
 __all__ = [
     "AuthenticationError",
     "ChatbotAPIError",
+    "ClientClosedRequestError",
     "ContextLengthExceededError",
     "DatabaseUnavailableError",
+    "DeadlineExceededError",
     "EngineUnavailableError",
     "InternalServerError",
     "InvalidRequestError",
@@ -209,6 +213,20 @@ class RateLimitError(ChatbotAPIError):
         )
 
 
+class ClientClosedRequestError(ChatbotAPIError):
+    """The client went away before its answer was ready; generation was stopped.
+
+    Nobody receives it: the status (nginx's 499) is for the access log and the metrics.
+    """
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    default_code = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the answer was ready.")
+
+
 class InternalServerError(ChatbotAPIError):
     status_code = 500
     error_type = "server_error"
@@ -271,6 +289,20 @@ class UpstreamTimeoutError(ChatbotAPIError):
 
     def __init__(self) -> None:
         super().__init__("The upstream model service did not answer in time.")
+
+
+class DeadlineExceededError(ChatbotAPIError):
+    """A request still running ``CHATBOT_REQUEST_TIMEOUT_SECONDS`` after it arrived."""
+
+    status_code = 504
+    error_type = "server_error"
+    default_code = "deadline_exceeded"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"The request did not finish within this server's limit of {seconds:g} seconds "
+            "and was stopped. Ask for fewer tokens, or retry when the server is less busy."
+        )
 
 
 class NotReadyError(ChatbotAPIError):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
 import anyio
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
@@ -9,12 +14,16 @@ from sse_starlette import EventSourceResponse
 from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address, request_id
 from chatbot_api.api.json_body import JSONBodyRoute
 from chatbot_api.api.responses import error_responses
+from chatbot_api.errors import ClientClosedRequestError, DeadlineExceededError
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletion
 from chatbot_api.security.rate_limit import settle_after
-from chatbot_api.services.shutdown import end_at_shutdown
+from chatbot_api.services.chat import Completion
+from chatbot_api.services.stream_end import end_in_time
 
 __all__ = ["router"]
+
+logger = logging.getLogger(__name__)
 
 #: How much longer than our grace period sse-starlette waits before it cancels a stream.
 _BACKSTOP_SECONDS = 2.0
@@ -56,6 +65,9 @@ async def create_chat_completion(
     The answer carries OpenAI's `x-ratelimit-*` headers for the caller's requests and tokens
     per minute; the tokens are reserved up front (prompt plus maximum) and settled after.
     """
+    settings = services.settings
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.request_timeout_seconds
     chat = services.chat
     prepared = chat.prepare(body, principal, request_id=request_id(request))
     quota = await services.limiter.admit(
@@ -63,21 +75,66 @@ async def create_chat_completion(
     )
     try:
         if body.stream:
-            stream = await chat.open_stream(prepared)
+            try:
+                stream = await asyncio.wait_for(chat.open_stream(prepared), deadline - loop.time())
+            except TimeoutError:
+                raise DeadlineExceededError(settings.request_timeout_seconds) from None
             shutdown = anyio.Event()
-            grace = services.settings.shutdown_grace_seconds
+            grace = settings.shutdown_grace_seconds
+            payloads = end_in_time(
+                settle_after(stream, quota),
+                stream,
+                deadline=deadline,
+                timeout_seconds=settings.request_timeout_seconds,
+                shutdown=shutdown,
+                grace_seconds=grace,
+            )
             return EventSourceResponse(
-                end_at_shutdown(settle_after(stream, quota), shutdown, grace),
+                payloads,
                 sep="\n",
-                ping=services.settings.sse_ping_seconds,
+                ping=settings.sse_ping_seconds,
                 headers=quota.headers,
                 shutdown_event=shutdown,
                 # Ours ends the stream with an error event; sse-starlette's is the backstop.
                 shutdown_grace_period=grace + _BACKSTOP_SECONDS,
             )
-        completion = await chat.complete(prepared)
+        completion = await _while_connected(
+            request, chat.complete(prepared), deadline - loop.time()
+        )
+        if completion is None:
+            raise DeadlineExceededError(settings.request_timeout_seconds)
     except Exception:
         await quota.settle(0)  # refused before generating: nothing was used
         raise
     await quota.settle(completion.usage.total_tokens)
     return Response(completion.body, media_type="application/json", headers=quota.headers)
+
+
+async def _while_connected(
+    request: Request, work: Coroutine[Any, Any, Completion], time_left: float
+) -> Completion | None:
+    """Run ``work`` while the client waits for it: None once ``time_left`` passes, and
+    :class:`ClientClosedRequestError` if the client leaves first (its generation stopped).
+    A stream learns of a departure from sse-starlette; a JSON answer only from here."""
+    finished = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({finished, gone}, timeout=time_left, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not finished.done():
+            finished.cancel()
+            await asyncio.wait({finished})
+    if not finished.cancelled():
+        return finished.result()
+    if gone.done() and not gone.cancelled():
+        logger.info("client disconnected; generation stopped")
+        raise ClientClosedRequestError()
+    logger.warning("ended at its deadline; generation stopped")
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -93,6 +93,8 @@ class ChatStream:
     def __init__(self) -> None:
         #: Filled in by the stream when the provider reports usage; None if it never did.
         self.usage: CompletionUsage | None = None
+        #: Why the server ended it early (``services.stream_end``); None: it did not.
+        self.ended: str | None = None
 
     @property
     def used_tokens(self) -> int | None:
@@ -277,8 +279,10 @@ class ChatService:
             logger.exception("stream failed unexpectedly")
             yield internal_error(chat.request_id).to_body().model_dump_json()
         except BaseException:
+            # Closed from outside: by the server (its deadline, its shutdown) or by the client.
             logger.info(
-                "client disconnected; generation stopped",
+                "%s; generation stopped",
+                out.ended or "client disconnected",
                 extra={"model": chat.spec.id, "pieces_sent": pieces},
             )
             raise

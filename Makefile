@@ -59,6 +59,14 @@ bench: install ## Every benchmark in bench/, each against its baseline (needs wr
 	$(BIN)/pip install --quiet --disable-pip-version-check \
 		"llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
 	$(BIN)/python -m bench.local_inference
+	$(BIN)/python -m bench.engine_ipc
+	$(BIN)/python -m bench.engine_restart
+	$(BIN)/python -m bench.grammar_stall
+	@# JSONSchemaBench's schemas are not vendored: cloned where GitHub can be reached.
+	@test -d .bench/jsonschemabench/data || git clone --quiet --depth 1 \
+		https://github.com/guidance-ai/jsonschemabench .bench/jsonschemabench || \
+		echo "bench.jsonschemabench needs a checkout in .bench/jsonschemabench (or JSONSCHEMABENCH_DIR)"
+	$(BIN)/python -m bench.jsonschemabench
 
 clean: ## Remove the virtualenvs and caches
 	rm -rf $(VENV) .poetry .mypy_cache .ruff_cache .pytest_cache .coverage .coverage.* htmlcov

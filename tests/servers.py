@@ -96,7 +96,8 @@ class ServerProcess:
             self.process = subprocess.Popen(
                 self._command, env=self._env, stdout=sink, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 30
+        # Generous: engines and workers start slowly on a busy machine; this only stops a hang.
+        deadline = time.monotonic() + 90
         while True:
             try:
                 httpx.get(f"{self.base_url}/health")

@@ -106,8 +106,10 @@ def start_server(models_file: Path, data_dir: Path, tmp_path: Path) -> Iterator[
 
 
 #: Local models of the shared llama server, besides the bundled one: the same GGUF declared
-#: by path, as a user declares any GGUF file, with one sequence and no queue (to see the
-#: overload answer), a small context (to exceed it), and a tiny grammar budget.
+#: by path, as a user declares any GGUF file. ``tiny-slot``: one sequence and no queue (to see
+#: the overload answer), a small context (to exceed it), sampling without top-k or min-p, and
+#: room for two compiled grammars. ``hasty-grammar``: a millisecond to compile a schema, one
+#: schema compiling at a time.
 LLAMA_MODELS_TOML = """
 [models."tiny-slot"]
 provider = "llama_cpp"
@@ -116,6 +118,9 @@ parallel = 1
 queue_size = 0
 context_size = 128
 prompt_format = "transcript"
+top_k = 0
+min_p = 0
+grammar_cache_size = 2
 
 [models."hasty-grammar"]
 provider = "llama_cpp"
@@ -123,6 +128,7 @@ path = "{gguf}"
 parallel = 1
 context_size = 256
 grammar_compile_seconds = 0.001
+grammar_compile_queue = 1
 """
 
 

@@ -6,9 +6,13 @@ tests kill it with SIGKILL, the one way to die that nothing can clean up after.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -17,9 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
+import pytest
 
+from chatbot_api.providers.llama.bundled import prepare_bundled_model
+from chatbot_api.providers.llama.config import LlamaCppConfig
+from chatbot_api.providers.llama.protocol import Cancel, Hello, encode, read_frame
+from chatbot_api.providers.llama.supervisor import (
+    EngineLogging,
+    EngineStartError,
+    EngineSupervisor,
+)
 from tests.conftest import ServerFactory
-from tests.servers import AnyServer, ServerProcess, clean_env
+from tests.servers import AnyServer, LiveServer, ServerProcess, clean_env
 
 MODEL = "gemma-3-270m"
 #: Newlines (where the transcript's stop strings begin), end of text and end of turn biased
@@ -174,7 +188,7 @@ def test_workers_share_one_engine_that_survives_a_kill(tmp_path: Path, data_dir:
         assert restarted["restarts"] == 1
         assert restarted["pid"] != engine_pid
         cause = [r for r in _records(output) if r.get("cause")]
-        assert cause[0]["cause"] == "killed by SIGKILL"
+        assert cause[0]["cause"] == "killed by signal 9 (Killed)"
     assert server.returncode == 0, output.read_text()[-3000:]
     # The engine left with the server.
     assert not Path(f"/proc/{restarted['pid']}").exists()
@@ -210,15 +224,166 @@ def test_serve_refuses_to_start_when_an_engine_cannot(tmp_path: Path) -> None:
     assert "the engine of model 'broken' exited with status 1 while starting" in done.stderr
 
 
-def test_an_engine_that_cannot_deliver_fails_every_sequence_then_stops(data_dir: Path) -> None:
-    script = Path(__file__).with_name("engine_faults.py")
+def _contract(scenario: str, data_dir: Path) -> dict[str, Any]:
+    """Run one scenario of ``tests/engine_contract.py`` in a process of its own."""
+    script = Path(__file__).with_name("engine_contract.py")
     done = subprocess.run(
-        [sys.executable, str(script), str(data_dir)],
+        [sys.executable, str(script), scenario, str(data_dir)],
         capture_output=True,
         text=True,
         timeout=120,
     )
-
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.splitlines()[-1])
-    assert report == {"failures": ["server_overloaded", "server_overloaded"], "fatal": True}
+    report: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return report
+
+
+def test_an_engine_that_cannot_hand_over_events_fails_every_sequence_then_stops(
+    data_dir: Path,
+) -> None:
+    report = _contract("delivery fails", data_dir)
+
+    assert report["fatal"] is True
+    assert report["events"] == {
+        "0": ["failed:503:server_overloaded"],
+        "1": ["failed:503:server_overloaded"],
+    }
+
+
+def test_a_batch_llama_cpp_refuses_fails_its_sequence_and_the_engine_goes_on(
+    data_dir: Path,
+) -> None:
+    report = _contract("batch refused", data_dir)
+
+    assert report["events"]["0"] == ["failed:503:server_overloaded"]
+    assert report["events"]["1"][-1] == "done:length"
+    assert "text" in report["events"]["1"]
+    assert report["fatal"] is False
+
+
+def test_a_sequence_whose_sampling_fails_fails_alone(data_dir: Path) -> None:
+    report = _contract("sampling raises", data_dir)
+
+    assert report["events"]["0"] == ["failed:500:None"]
+    assert report["events"]["1"][-1] == "done:length"
+    assert report["fatal"] is False
+
+
+def test_a_queued_sequence_whose_client_left_is_never_decoded(data_dir: Path) -> None:
+    report = _contract("cancelled in line", data_dir)
+
+    assert "1" not in report["events"]
+    assert report["events"]["0"][-1] == "done:length"
+    assert report["events"]["2"][-1] == "done:length"
+
+
+def test_a_closed_engine_refuses_new_requests(data_dir: Path) -> None:
+    assert _contract("after close", data_dir) == {"refused": "503:server_overloaded"}
+
+
+def test_a_peer_speaking_nonsense_on_the_engine_socket_is_dropped_alone(
+    llama_server: LiveServer,
+) -> None:
+    """Only our workers can reach the socket (mode 0600 in a private directory); should one of
+    them ever send garbage, that connection is dropped and the engine serves the others."""
+    provider = llama_server.app.state.services.registry.get(MODEL).provider
+    socket_path = str(provider.engine_socket)
+    nonsense = [
+        # a Cancel for a request the engine never had: ignored, the connection stays
+        encode(Cancel(123456)) + b"\x00\x00\x00\x03\xc1\xc1\xc1",  # then bytes msgpack refuses
+        struct.pack(">I", 2**31),  # a frame bigger than the engine accepts
+        struct.pack(">I", 100) + b"cut short",  # the peer leaves mid-frame
+    ]
+    for frames in nonsense:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+            peer.settimeout(10)
+            peer.connect(socket_path)
+            (length,) = struct.unpack(">I", peer.recv(4))
+            hello = msgspec.msgpack.decode(peer.recv(length, socket.MSG_WAITALL), type=Hello)
+            assert hello.model_id == MODEL
+            peer.sendall(frames)
+            if not frames.endswith(b"cut short"):
+                assert peer.recv(100) == b""  # the engine hung up on it
+    assert _completes(llama_server)
+
+
+def _settings_logs() -> EngineLogging:
+    return EngineLogging(level="INFO", format="json", file=None)
+
+
+@pytest.mark.anyio
+async def test_an_engine_that_does_not_start_in_time_is_given_up(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    supervisor = EngineSupervisor(
+        "slow",
+        prepare_bundled_model(data_dir, show_progress=False),
+        LlamaCppConfig(),
+        tmp_path / "slow.sock",
+        _settings_logs(),
+        start_timeout=0.01,
+    )
+
+    with pytest.raises(EngineStartError, match=r"did not start within 0\.01 s"):
+        await supervisor.start()
+    await supervisor.stop()
+
+
+@pytest.mark.anyio
+async def test_a_model_file_broken_while_serving_is_retried_with_backoff(
+    tmp_path: Path, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine dies and its file is broken meanwhile: the supervisor keeps trying, waiting
+    longer each time, and is back once the file is; an engine that had lived long enough
+    (here two seconds) starts the backoff afresh."""
+    original = prepare_bundled_model(data_dir, show_progress=False)
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(original, model)
+    supervisor = EngineSupervisor(
+        "fragile",
+        model,
+        LlamaCppConfig(threads=1),
+        tmp_path / "fragile.sock",
+        _settings_logs(),
+        healthy_seconds=2.0,
+    )
+    await supervisor.start()
+    try:
+        await asyncio.sleep(2.5)  # healthy: its death is the first in a row
+        os.kill(await _engine_pid(tmp_path / "fragile.sock"), signal.SIGKILL)
+        await _until(lambda: supervisor.restarts == 1)
+        first = await _engine_pid(tmp_path / "fragile.sock")
+        model.write_bytes(b"not a model any more")
+        os.kill(first, signal.SIGKILL)  # young: it had lived for less than two seconds
+        await _until(lambda: "while starting" in caplog.text)
+        shutil.copyfile(original, model)
+        await _until(lambda: supervisor.restarts == 3, seconds=60)
+        back = await _engine_pid(tmp_path / "fragile.sock")
+    finally:
+        await supervisor.stop()
+
+    delays = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "restarting" in r.msg]
+    assert delays[:3] == ["0 s", "1 s", "2 s"]
+    assert back not in (first, None)
+
+
+async def _engine_pid(socket_path: Path) -> int:
+    """Ask the engine itself (its Hello) which process it is."""
+    for _ in range(600):
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        frame = await read_frame(reader)
+        writer.close()
+        assert frame is not None
+        return msgspec.msgpack.decode(frame, type=Hello).pid
+    raise AssertionError("the engine never answered")
+
+
+async def _until(check: Any, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import jinja2
@@ -77,6 +78,12 @@ def test_a_template_that_refuses_the_messages_says_so() -> None:
     assert issubclass(TemplateRefusedError, jinja2.TemplateError)
 
 
+def test_a_template_may_ask_for_the_date() -> None:
+    prompter = TemplatePrompter("Today is {{ strftime_now('%Y') }}.", bos_token="", eos_token="")
+
+    assert prompter([]).text == f"Today is {datetime.now().year}."
+
+
 def test_template_tojson_writes_plain_json() -> None:
     prompter = TemplatePrompter("{{ messages | tojson }}", bos_token="", eos_token="")
 
@@ -133,17 +140,23 @@ def test_text_format_needs_no_grammar() -> None:
 
 
 @pytest.mark.anyio
-async def test_template_format_on_a_file_without_one_is_refused(data_dir: Path) -> None:
+async def test_template_format_on_a_file_without_one_is_refused(
+    data_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     gguf = prepare_bundled_model(data_dir, show_progress=False)
     provider = LlamaCppProvider(
         "x", LlamaCppConfig(path=gguf, prompt_format="template"), make_settings()
     )
 
     try:
-        with pytest.raises(ValueError, match="no chat template"):
+        with pytest.raises(EngineStartError, match="engine of model 'x' exited with status 1"):
             await provider.start()
     finally:
         await provider.aclose()
+    # The engine's own log line says why, before it exits.
+    assert "prompt_format is 'template' but the GGUF file has no chat template" in (
+        capfd.readouterr().err
+    )
 
 
 @pytest.mark.anyio

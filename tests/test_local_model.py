@@ -165,6 +165,75 @@ def test_logprobs(sdk: openai.OpenAI) -> None:
         assert entry.token == entry.top_logprobs[0].token
 
 
+def test_logprobs_without_alternatives(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=FRANCE, temperature=0, logprobs=True, max_tokens=3
+    )
+
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content is not None
+    assert [entry.top_logprobs for entry in logprobs.content] == [[], [], []]
+    # The tokens are the model's own: the transcript prompt's reply drops their first space.
+    assert "".join(entry.token for entry in logprobs.content).lstrip() == (
+        completion.choices[0].message.content
+    )
+
+
+def test_a_model_that_ends_its_turn_at_once_gives_an_empty_answer(sdk: openai.OpenAI) -> None:
+    # Token 1 is the end of text: biased up, it is the first thing the model says.
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=FRANCE, logit_bias={"1": 100}, max_tokens=10
+    )
+
+    assert completion.choices[0].message.content == ""
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 1
+
+
+def test_sampling_without_top_k_or_min_p(sdk: openai.OpenAI) -> None:
+    # `tiny-slot` sets top_k and min_p to 0: the sampler chain leaves those stages out.
+    def sample() -> str:
+        completion = sdk.chat.completions.create(
+            model="tiny-slot", messages=FRANCE, temperature=1.0, seed=77, max_tokens=6
+        )
+        return completion.choices[0].message.content or ""
+
+    first = sample()
+    assert first
+    assert sample() == first
+
+
+@pytest.mark.anyio
+async def test_long_prompts_fed_in_chunks_beside_others_give_the_same_answer(
+    llama_server: LiveServer,
+) -> None:
+    """Three prompts of about 600 tokens each do not fit one 512-token batch: they are fed in
+    chunks across steps, beside each other. Greedy decoding gives the same answer as alone."""
+    client = openai.AsyncOpenAI(
+        base_url=f"{llama_server.base_url}/v1", api_key="unused", max_retries=0
+    )
+
+    async def ask(topic: str) -> str:
+        facts = " ".join(f"Fact {n} about {topic}: it is interesting." for n in range(60))
+        completion = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": f"{facts} Summarise {topic} in one line."}],
+            temperature=0,
+            max_tokens=8,
+        )
+        assert completion.usage is not None
+        assert completion.usage.prompt_tokens > 512
+        return completion.choices[0].message.content or ""
+
+    alone = await ask("rivers")
+    together = await asyncio.gather(ask("rivers"), ask("mountains"), ask("deserts"))
+    await client.close()
+
+    assert together[0] == alone
+
+
 @pytest.mark.parametrize("streams", [2, 4])
 @pytest.mark.anyio
 async def test_overlapping_streams_all_complete(llama_server: LiveServer, streams: int) -> None:

@@ -48,6 +48,14 @@ def test_file_entries_join_and_override_the_built_ins(tmp_path: Path) -> None:
         ("models = 1\n", "'models' must be a table"),
         ("[servers]\n", "unknown top-level key 'servers'"),
         ("[models\n", "not valid TOML"),
+        (
+            '[models."a"]\nprovider = "llama_cpp"\nparallel = 64\nbatch_size = 32\n',
+            "model 'a': key 'batch_size': must be at least parallel (64)",
+        ),
+        (
+            '[models."a"]\nprovider = "llama_cpp"\ncontext_size = 100000000\n',
+            "model 'a': key 'context_size'",
+        ),
     ],
 )
 def test_bad_files_name_the_file_model_and_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,94 @@ def test_no_schema_killed_the_engine(llama_server: LiveServer) -> None:
 
     assert f'chatbot_engine_restarts{{model="{MODEL}"}} 0.0' in metrics
     assert f'chatbot_engine_up{{model="{MODEL}"}} 1.0' in metrics
+
+
+#: 500 optional properties: compiled at once, but following it takes llguidance past its
+#: limit on one parser row at the first token.
+TOO_WIDE_TO_FOLLOW = {
+    "type": "object",
+    "properties": {f"p{n}": {"type": "string"} for n in range(500)},
+}
+
+
+def test_a_schema_that_outgrows_its_limits_while_followed_is_a_400(
+    llama_server: LiveServer,
+) -> None:
+    answer = _ask(llama_server, TOO_WIDE_TO_FOLLOW)
+
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "response_format"
+    assert error["code"] == "invalid_json_schema"
+    assert "items" in error["message"]
+    _still_serves(llama_server)
+
+
+def test_a_stream_whose_schema_outgrows_its_limits_ends_with_an_error_event(
+    llama_server: LiveServer,
+) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Answer in JSON."}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "wide", "schema": TOO_WIDE_TO_FOLLOW},
+        },
+        "stream": True,
+        "max_tokens": 24,
+    }
+    url = f"{llama_server.base_url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, timeout=60) as answer:
+        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+
+    # The first token was sampled (and sent) before the grammar failed on it.
+    assert answer.status_code == 200
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "invalid_json_schema"
+
+
+def test_more_schemas_than_the_grammar_cache_holds(llama_server: LiveServer) -> None:
+    # `tiny-slot` keeps two compiled schemas; four take turns, twice over.
+    schemas = [
+        {
+            "type": "object",
+            "properties": {name: {"type": "boolean"}},
+            "required": [name],
+            "additionalProperties": False,
+        }
+        for name in ("red", "green", "blue", "grey")
+    ]
+    for schema in schemas * 2:
+        answer = _ask(llama_server, schema, model="tiny-slot", max_tokens=12, temperature=0)
+
+        assert answer.status_code == 200, answer.text
+        content = answer.json()["choices"][0]["message"]["content"]
+        jsonschema.validate(json.loads(content), schema)
+
+
+def test_schemas_beyond_the_compile_queue_get_a_503(llama_server: LiveServer) -> None:
+    """`hasty-grammar` compiles one schema at a time and gives each a millisecond: a schema
+    refused for its time keeps compiling until llguidance's limits end it, and meanwhile the
+    next schema finds no compiler free."""
+
+    def slow_schema(tag: str) -> dict[str, Any]:
+        names = [f"{tag}_{n}" for n in range(4000)]
+        return {
+            "type": "object",
+            "properties": {name: {"type": "string"} for name in names},
+            "required": names,
+        }
+
+    deadline = time.monotonic() + 60
+    while True:  # until the compiler is free of earlier tests' schemas
+        first = _ask(llama_server, slow_schema(f"a{time.monotonic_ns()}"), model="hasty-grammar")
+        if first.status_code == 400 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    second = _ask(llama_server, slow_schema("b"), model="hasty-grammar")
+
+    assert first.status_code == 400
+    assert "took longer than" in first.json()["error"]["message"]
+    assert second.status_code == 503
+    assert second.json()["error"]["code"] == "server_overloaded"
+    assert second.headers["retry-after"] == "1"

@@ -32,6 +32,7 @@ FastAPI's validation errors and Starlette's HTTP errors) into OpenAI's envelope
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
@@ -61,8 +62,11 @@ __all__ = [
     "UnsupportedParameterError",
     "UpstreamError",
     "UpstreamTimeoutError",
+    "as_api_error",
     "internal_error",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class ChatbotAPIError(Exception):
@@ -336,3 +340,12 @@ def internal_error(request_id: str | None) -> InternalServerError:
     return InternalServerError(
         "The server had an error while processing your request. Sorry about that!" + suffix
     )
+
+
+def as_api_error(exc: BaseException, request_id: str | None) -> ChatbotAPIError:
+    """What a client is told of ``exc``: the error itself when it is one of ours; otherwise,
+    with its trace logged, the 500 that carries the request id."""
+    if isinstance(exc, ChatbotAPIError):
+        return exc
+    logger.error("unexpected failure", exc_info=exc, extra={"request_id": request_id})
+    return internal_error(request_id)

@@ -152,7 +152,8 @@ def _spec_from_table(
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        reason = "unknown key" if first["type"] == "extra_forbidden" else message
         raise ModelsFileError(f"{where}: key '{key}': {reason}") from None
     return ModelSpec(
         id=model_id,

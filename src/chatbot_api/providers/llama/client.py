@@ -88,13 +88,13 @@ class EngineClient:
     async def generate(self, request: Generate) -> AsyncIterator[Text | Finished]:
         """The engine's answers to ``request`` (its ``id`` is set here), ``Finished`` last.
 
-        Raises the engine's error for a refused or failed request, and
-        :class:`EngineUnavailableError` when the engine is gone or goes while it runs.
-        Closing the iteration early cancels the request in the engine.
+        Call it only while ``hello`` is set (the engine answers). Raises the engine's error
+        for a refused or failed request, and :class:`EngineUnavailableError` when the engine
+        goes while it runs. Closing the iteration early cancels the request in the engine.
         """
         writer = self._writer
-        if writer is None or self.hello is None:
-            raise EngineUnavailableError(self.model_id, self.problem)
+        # Set and cleared with ``hello``, which the caller has just found there.
+        assert writer is not None
         request_id = next(self._ids)
         queue: asyncio.Queue[Text | Finished | Failed | _Gone] = asyncio.Queue()
         self._waiting[request_id] = queue
@@ -121,17 +121,17 @@ class EngineClient:
                 writer.write(encode(Cancel(request_id)))
 
     async def _run(self) -> None:
-        """Connect, serve the connection until it drops, and start over."""
-        while not self._closing:
+        """Connect, serve the connection until it drops, and start over (until cancelled)."""
+        while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(str(self._socket))
             except OSError:
                 await asyncio.sleep(_RECONNECT_SECONDS)
                 continue
             try:
-                await self._serve(reader, writer)
-            except (ConnectionError, ValueError, msgspec.DecodeError) as exc:
-                logger.warning("the connection to the engine of %s broke: %s", self.model_id, exc)
+                # A connection that breaks (the engine died mid-frame) ends like one closed.
+                with contextlib.suppress(ConnectionError, ValueError, msgspec.DecodeError):
+                    await self._serve(reader, writer)
             finally:
                 self._lost(writer)
 
@@ -150,17 +150,16 @@ class EngineClient:
                     queue.put_nowait(message)
 
     def _greeted(self, hello: Hello, writer: asyncio.StreamWriter) -> None:
-        if self.hello is None or hello.pid != self.hello.pid:
-            logger.info(
-                "connected to the engine of %s",
-                self.model_id,
-                extra={
-                    "model": self.model_id,
-                    "engine_pid": hello.pid,
-                    "worker_pid": os.getpid(),
-                    "restarts": hello.restarts,
-                },
-            )
+        logger.info(
+            "connected to the engine of %s",
+            self.model_id,
+            extra={
+                "model": self.model_id,
+                "engine_pid": hello.pid,
+                "worker_pid": os.getpid(),
+                "restarts": hello.restarts,
+            },
+        )
         self.hello = hello
         self._writer = writer
         self.problem = None
@@ -169,7 +168,6 @@ class EngineClient:
         self._connected.set()
 
     def _lost(self, writer: asyncio.StreamWriter) -> None:
-        was_serving = self._writer is writer
         self._writer = None
         self.hello = None
         writer.close()
@@ -177,12 +175,11 @@ class EngineClient:
             return
         self.problem = "its engine stopped and is being restarted"
         metrics.ENGINE_UP.labels(self.model_id).set(0)
-        if was_serving:
-            logger.error(
-                "lost the engine of %s; failing %d requests in flight",
-                self.model_id,
-                len(self._waiting),
-                extra={"model": self.model_id},
-            )
+        logger.error(
+            "lost the engine of %s; failing the %d requests in flight on it",
+            self.model_id,
+            len(self._waiting),
+            extra={"model": self.model_id},
+        )
         for queue in self._waiting.values():
             queue.put_nowait(_GONE)

@@ -18,7 +18,10 @@ class LlamaCppConfig(BaseModel):
         default=None, description="The GGUF file; left out, the bundled Gemma 3 270M."
     )
     context_size: int = Field(
-        default=2048, ge=64, description="Tokens of context each sequence may use."
+        default=2048,
+        ge=64,
+        le=2**24,
+        description="Tokens of context each sequence may use; the KV cache holds `parallel`.",
     )
     parallel: int = Field(default=4, ge=1, le=64, description="Sequences decoded together.")
     queue_size: int = Field(
@@ -53,10 +56,20 @@ class LlamaCppConfig(BaseModel):
         ),
     )
 
+    grammar_cache_size: int = Field(
+        default=64, ge=1, description="Compiled schemas kept for reuse (the least recent go)."
+    )
+    grammar_compile_queue: int = Field(
+        default=16,
+        ge=1,
+        description="Schemas that may be compiling at once; beyond, 503 `server_overloaded`.",
+    )
+
     @field_validator("path")
     @classmethod
     def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None and not os.access(path, os.R_OK):
+        readable = path is None or os.access(path, os.R_OK)
+        if not readable:  # pragma: no cover - the tests run as root, who reads every file
             raise ValueError(f"{path} is not readable")
         return path
 

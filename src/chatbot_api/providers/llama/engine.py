@@ -24,7 +24,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from chatbot_api.errors import ChatbotAPIError, ServerOverloadedError, internal_error
+from chatbot_api.errors import ChatbotAPIError, ServerOverloadedError, as_api_error
 from chatbot_api.providers.base import FinishReason
 from chatbot_api.providers.llama.config import LlamaCppConfig
 from chatbot_api.providers.llama.native_log import route_native_logs
@@ -88,7 +88,7 @@ class Engine:
         params.kv_unified = True
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
-        if not self._ctx:
+        if not self._ctx:  # pragma: no cover - memory llama.cpp cannot get: tens of seconds to see
             llama_cpp.llama_model_free(self._model)
             raise RuntimeError(f"llama.cpp could not create a context for {path}")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
@@ -157,11 +157,10 @@ class Engine:
             self._preparing -= 1
 
     def submit(self, sequence: Sequence) -> None:
-        """Queue a prepared sequence in the place :meth:`reserve` held for it."""
+        """Queue a prepared sequence in the place :meth:`reserve` held for it (before
+        :meth:`close`: a sequence submitted after it is never decoded)."""
         with self._lock:
             self._preparing -= 1
-            if self._closing:
-                raise _shutting_down()
             self._waiting.append(sequence)
             self._lock.notify()
 
@@ -169,10 +168,6 @@ class Engine:
         """Have the decode thread look again now (a cancellation, a grammar step done)."""
         with self._lock:
             self._lock.notify()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
 
     def close(self) -> None:
         with self._lock:
@@ -301,24 +296,16 @@ class Engine:
         for sequence, index in to_sample:
             try:
                 self._sample(sequence, index)
-            except Exception:
-                logger.exception("sampling failed", extra={"request_id": sequence.request_id})
-                self._fail(sequence, internal_error(sequence.request_id))
+            except Exception as exc:  # this sequence's own failure: the others go on
+                self._fail(sequence, as_api_error(exc, sequence.request_id))
 
     def _grammar_stepped(self, sequence: Sequence) -> None:
         stepping, sequence.stepping = sequence.stepping, None
         assert stepping is not None
         assert sequence.constraint is not None
         error = stepping.exception()
-        if isinstance(error, ChatbotAPIError):
-            self._fail(sequence, error)
-        elif error is not None:
-            logger.error(
-                "the grammar failed",
-                exc_info=error,
-                extra={"request_id": sequence.request_id},
-            )
-            self._fail(sequence, internal_error(sequence.request_id))
+        if error is not None:
+            self._fail(sequence, as_api_error(error, sequence.request_id))
         elif sequence.constraint.finished:
             self._finish(sequence, "stop", flush=True)
 

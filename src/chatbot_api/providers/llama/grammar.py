@@ -17,6 +17,7 @@ engine process:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
@@ -78,13 +79,16 @@ class Constraint:
         self._next_mask()
 
     def _next_mask(self) -> None:
-        """Compute the mask for the next token (llguidance drops the GIL while it works)."""
+        """Compute the mask for the next token (llguidance drops the GIL while it works).
+
+        A matcher that cannot go on is in its error state (llguidance never offers an empty
+        mask otherwise); it is checked by the mask too, so that no step samples from nothing.
+        """
         words = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        if self.matcher.is_error():
-            raise GrammarError(_first_line(self.matcher.get_error()))
         allowed = np.unpackbits(words, bitorder="little", count=self.n_vocab)
-        if not allowed.any():
-            raise GrammarError("the schema allows no continuation here")
+        if self.matcher.is_error() or not allowed.any():
+            reason = self.matcher.get_error() or "the schema allows no continuation here"
+            raise GrammarError(_first_line(reason))
         self.barred = allowed == 0
 
     def apply(self, logits: np.ndarray[Any, np.dtype[np.float32]]) -> None:
@@ -157,19 +161,17 @@ class GrammarCompiler:
         )
 
     async def _compile(self, key: str, spec: GrammarSpec) -> llguidance.LLMatcher | GrammarError:
+        # Reading the vocabulary is not the schema's cost: wait for it outside the budget.
+        tokenizer = await asyncio.wrap_future(self._tokenizer)
         if self._in_flight >= self._queue_limit:
             raise ServerOverloadedError(
                 "Every structured-output compiler is busy. Please retry shortly.",
                 headers={"Retry-After": "1"},
             )
-        loop = asyncio.get_running_loop()
         self._in_flight += 1
-        job: asyncio.Future[llguidance.LLMatcher] | None = None
+        job = asyncio.get_running_loop().run_in_executor(self._compiling, _build, spec, tokenizer)
+        job.add_done_callback(self._job_done)
         try:
-            # Reading the vocabulary is not the schema's cost: wait for it outside the budget.
-            tokenizer = await asyncio.wrap_future(self._tokenizer)
-            job = loop.run_in_executor(self._compiling, _build, spec, tokenizer)
-            job.add_done_callback(self._job_done)
             # A compile past its budget is refused now and runs on until llguidance's limits
             # end it (a thread cannot be stopped); shielded, so that its result is not lost.
             result: llguidance.LLMatcher | GrammarError = await asyncio.wait_for(
@@ -181,9 +183,6 @@ class GrammarCompiler:
             )
         except GrammarError as error:
             result = error
-        finally:
-            if job is None:
-                self._in_flight -= 1
         self._cache[key] = result
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -191,17 +190,16 @@ class GrammarCompiler:
 
     def _job_done(self, job: asyncio.Future[llguidance.LLMatcher]) -> None:
         self._in_flight -= 1
-        if not job.cancelled():
-            job.exception()  # retrieved: a compile refused for its time may fail later, unread
+        # Retrieved: a compile refused for its time may fail later, with nobody to read it.
+        with contextlib.suppress(asyncio.CancelledError):
+            job.exception()
 
 
 def _build(spec: GrammarSpec, tokenizer: llguidance.LLTokenizer) -> llguidance.LLMatcher:
     """Compile ``spec`` (in a compiler thread): a matcher whose first mask is computed."""
+    # The worker sends a JSON object (``provider.grammar_spec``), which is all this refuses.
     schema = _ANY_OBJECT if spec.kind == "json_object" else spec.schema
-    try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
-    except ValueError as exc:  # not a JSON object, or options that do not apply
-        raise GrammarError(_first_line(str(exc))) from None
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=_LIMITS)
     # The first mask builds the lexer's tables (it consumes nothing): copies of a warm
     # prototype start fast.

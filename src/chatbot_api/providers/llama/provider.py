@@ -157,15 +157,19 @@ class LlamaCppProvider:
         self._path = config.path or prepare_bundled_model(
             settings.data_dir, show_progress=sys.stderr.isatty()
         )
-        self._engine_dir = settings.engine_dir
         self._logs = EngineLogging(
             level=settings.log_level,
             format=settings.log_format,
             file=engine_log_file(settings.log_file, model_id),
         )
-        self._own_dir: Path | None = None
-        self._supervisor: EngineSupervisor | None = None
-        self._client: EngineClient | None = None
+        #: ``serve`` runs the engines for its workers; otherwise this provider runs its own,
+        #: listening in a private directory of its own.
+        self._owns_engine = settings.engine_dir is None
+        directory = settings.engine_dir or Path(tempfile.mkdtemp(prefix="chatbot-api-engine-"))
+        self._socket = engine_socket(directory, model_id)
+        self._supervisor = EngineSupervisor(model_id, self._path, config, self._socket, self._logs)
+        self._client = EngineClient(model_id, self._socket)
+        #: Built from the engine's first ``Hello`` (the GGUF's chat template, if any).
         self._prompter: Prompter | None = None
 
     @property
@@ -175,44 +179,27 @@ class LlamaCppProvider:
 
     async def start(self) -> None:
         """Reach the model's engine: ``serve``'s, or one this provider starts and supervises."""
-        if self._engine_dir is not None:
-            socket = engine_socket(self._engine_dir, self.model_id)
-        else:
-            self._own_dir = Path(tempfile.mkdtemp(prefix="chatbot-api-engine-"))
-            socket = engine_socket(self._own_dir, self.model_id)
-            self._supervisor = EngineSupervisor(
-                self.model_id, self._path, self.config, socket, self._logs
-            )
+        if self._owns_engine:
             await self._supervisor.start()
-        self._client = EngineClient(self.model_id, socket)
         await self._client.start(wait_seconds=_CONNECT_SECONDS)
-        if self._client.hello is not None:
-            self._prompter = self._choose_prompter(self._client.hello)
-            logger.info(
-                "model loaded",
-                extra={
-                    "model": self.model_id,
-                    "path": str(self._path),
-                    "prompt_format": type(self._prompter).__name__,
-                },
-            )
 
     @property
     def engine_pid(self) -> int | None:
-        """The engine process's id, while it runs (for operators and tests)."""
-        hello = self._client.hello if self._client is not None else None
+        """The engine process's id, while it answers (for operators and tests)."""
+        hello = self._client.hello
         return hello.pid if hello is not None else None
 
+    @property
+    def engine_socket(self) -> Path:
+        """Where the engine listens (for operators and tests)."""
+        return self._socket
+
     def _choose_prompter(self, hello: Hello) -> Prompter:
+        """The GGUF's chat template unless told otherwise (the engine refuses to start when
+        ``template`` is asked of a file without one)."""
         template = hello.chat_template
-        format_ = self.config.prompt_format
-        if format_ == "transcript" or (format_ == "auto" and not template):
+        if self.config.prompt_format == "transcript" or not template:
             return TranscriptPrompter()
-        if not template:
-            raise ValueError(
-                f"model '{self.model_id}': prompt_format is 'template' but the GGUF file has no "
-                "chat template"
-            )
         return TemplatePrompter(template, bos_token=hello.bos_token, eos_token=hello.eos_token)
 
     def _sampling(self, request: GenerationRequest, n_vocab: int) -> Sampling:
@@ -232,11 +219,9 @@ class LlamaCppProvider:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         client = self._client
-        hello = client.hello if client is not None else None
-        if client is None or hello is None:
-            raise EngineUnavailableError(
-                self.model_id, client.problem if client is not None else None
-            )
+        hello = client.hello
+        if hello is None:
+            raise EngineUnavailableError(self.model_id, client.problem)
         if self._prompter is None:
             self._prompter = self._choose_prompter(hello)
         try:
@@ -274,17 +259,13 @@ class LlamaCppProvider:
                 yield TextDelta(answer.text, logprobs=_logprobs(answer.logprobs))
 
     def problem(self) -> str | None:
-        if self._client is None:
-            return "its engine has not been started"
         return self._client.problem
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-        if self._supervisor is not None:
+        await self._client.aclose()
+        if self._owns_engine:
             await self._supervisor.stop()
-        if self._own_dir is not None:
-            await asyncio.to_thread(shutil.rmtree, self._own_dir, True)
+            await asyncio.to_thread(shutil.rmtree, self._socket.parent, True)
 
 
 #: A ``logit_bias`` key is a token id in ASCII decimal digits; more digits than this cannot be

@@ -77,12 +77,15 @@ def build_sampler(n_vocab: int, params: SamplingParams) -> Any:
 
 
 def token_piece(vocab: Any, token: int) -> bytes:
-    """The bytes of one token; a multi-byte character may span several tokens."""
-    buffer = ctypes.create_string_buffer(64)
+    """The bytes of one token; a multi-byte character may span several tokens.
+
+    Asked first with no room at all, llama.cpp answers with the piece's length (negated);
+    then the piece is read into a buffer of exactly that size.
+    """
+    empty = ctypes.create_string_buffer(1)
+    size = -llama_cpp.llama_token_to_piece(vocab, token, empty, 0, 0, False)
+    buffer = ctypes.create_string_buffer(max(size, 1))
     size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
-    if size < 0:
-        buffer = ctypes.create_string_buffer(-size)
-        size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
     return buffer.raw[:size]
 
 

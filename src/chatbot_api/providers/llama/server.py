@@ -27,7 +27,7 @@ import llama_cpp
 import msgspec
 
 from chatbot_api.config import Settings
-from chatbot_api.errors import ChatbotAPIError, ContextLengthExceededError, internal_error
+from chatbot_api.errors import ChatbotAPIError, ContextLengthExceededError, as_api_error
 from chatbot_api.logs import configure_logging
 from chatbot_api.providers.base import TokenLogprob
 from chatbot_api.providers.llama.config import LlamaCppConfig
@@ -117,12 +117,18 @@ class EngineServer:
             self.config,
             on_events=self._events_from_decode_thread,
             on_stats=self._stats_from_decode_thread,
-            on_fatal=self._fatal_from_decode_thread,
+            on_fatal=self._fatal,
         )
+        template = self.engine.chat_template()
+        if self.config.prompt_format == "template" and not template:
+            self.engine.close()
+            raise ValueError("prompt_format is 'template' but the GGUF file has no chat template")
         self.compiler = GrammarCompiler(
             self.engine.vocab,
             self.engine.n_vocab,
             budget_seconds=self.config.grammar_compile_seconds,
+            cache_size=self.config.grammar_cache_size,
+            queue_limit=self.config.grammar_compile_queue,
         )
         vocab = self.engine.vocab
         self.hello = Hello(
@@ -133,7 +139,7 @@ class EngineServer:
             context_size=self.config.context_size,
             parallel=self.config.parallel,
             queue_size=self.config.queue_size,
-            chat_template=self.engine.chat_template(),
+            chat_template=template,
             bos_token=self.engine.token_text(llama_cpp.llama_vocab_bos(vocab)),
             eos_token=self.engine.token_text(llama_cpp.llama_vocab_eos(vocab)),
         )
@@ -158,12 +164,10 @@ class EngineServer:
         try:
             await self._stopped.wait()
         finally:
+            # Workers still connected are cut off when the event loop ends: asyncio.run
+            # cancels their handlers, which close their connections.
             self._loop.remove_reader(sys.stdin.fileno())
             server.close()
-            for connection in list(self._connections):
-                connection.closed = True
-                connection.writer.close()
-            await server.wait_closed()
             _remove(socket_path)
             await asyncio.to_thread(self.engine.close)
             self.compiler.close()
@@ -217,26 +221,16 @@ class EngineServer:
             sequence = await self._sequence(connection, message)
         except Exception as exc:
             self.engine.unreserve()
-            if isinstance(exc, ChatbotAPIError):
-                error = exc
-            else:
-                logger.exception(
-                    "preparing a request failed", extra={"request_id": message.request_id}
-                )
-                error = internal_error(message.request_id)
-            if message.id in connection.requests:  # not cancelled meanwhile
-                del connection.requests[message.id]
-                connection.send([encode(Failed(message.id, wire_error(error)))])
+            # Sent even when the request was cancelled meanwhile: its worker ignores it.
+            connection.requests.pop(message.id, None)
+            error = as_api_error(exc, message.request_id)
+            connection.send([encode(Failed(message.id, wire_error(error)))])
             return
-        if connection.closed or message.id not in connection.requests:
-            self.engine.unreserve()  # cancelled while it was being prepared
+        if message.id not in connection.requests:
+            self.engine.unreserve()  # cancelled, or its worker gone, while it was prepared
             return
         connection.requests[message.id] = sequence
-        try:
-            self.engine.submit(sequence)
-        except ChatbotAPIError as error:
-            del connection.requests[message.id]
-            connection.send([encode(Failed(message.id, wire_error(error)))])
+        self.engine.submit(sequence)
 
     async def _sequence(self, connection: _Connection, message: Generate) -> Sequence:
         tokens = await self._loop.run_in_executor(
@@ -297,7 +291,10 @@ class EngineServer:
     def _stats_from_decode_thread(self, slots_in_use: int, queue_depth: int) -> None:
         self._loop.call_soon_threadsafe(self._broadcast, Stats(slots_in_use, queue_depth))
 
-    def _fatal_from_decode_thread(self, error: BaseException) -> None:
+    def _fatal(self, error: BaseException) -> None:  # pragma: no cover - no request reaches it
+        """The decode loop itself failed (never a request's doing: tests/engine_contract.py
+        provokes it on the Engine): end the process, for the supervisor to start a new one."""
+
         def stop() -> None:
             self.exit_status = EXIT_ENGINE_FAILED
             self._stopped.set()
@@ -337,7 +334,12 @@ def _remove(path: str) -> None:
 
 
 async def _serve(spec: EngineSpec) -> int:
-    server = EngineServer(spec)
+    try:
+        server = EngineServer(spec)
+    except (RuntimeError, ValueError, OSError) as exc:
+        # The supervisor reports the exit; this line says why.
+        logger.error("the engine of model %s cannot start: %s", spec.model_id, exc)
+        return 1
     await server.serve()
     return server.exit_status
 
@@ -357,9 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=1,  # one file of its own, whatever the server's worker count
         )
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(spec))
-    return 0
+    return asyncio.run(_serve(spec))
 
 
 if __name__ == "__main__":

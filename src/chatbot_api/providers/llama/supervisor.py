@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 
 from chatbot_api.providers.llama.config import LlamaCppConfig
-from chatbot_api.providers.llama.protocol import EXIT_ENGINE_FAILED, EngineSpec
+from chatbot_api.providers.llama.protocol import EngineSpec
 
 __all__ = [
     "EngineLogging",
@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds to wait before each restart, by how many times in a row the engine died young.
 _BACKOFF = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
-#: An engine that ran this long before dying starts the backoff afresh.
-_HEALTHY_SECONDS = 60.0
 #: How long a stopped engine may take to exit before it is killed.
 _STOP_SECONDS = 10.0
 
@@ -72,14 +70,10 @@ def engine_log_file(log_file: Path | None, model_id: str) -> Path | None:
 
 
 def describe_exit(returncode: int) -> str:
+    """``killed by signal 9 (Killed)``, ``exited with status 70``: how a process ended (70:
+    its decode loop failed, which it logged)."""
     if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
-    if returncode == EXIT_ENGINE_FAILED:
-        return "its decode loop failed"
+        return f"killed by signal {-returncode} ({signal.strsignal(-returncode)})"
     return f"exited with status {returncode}"
 
 
@@ -93,6 +87,7 @@ class EngineSupervisor:
         logs: EngineLogging,
         *,
         start_timeout: float = 600.0,
+        healthy_seconds: float = 60.0,
     ) -> None:
         self.model_id = model_id
         self.socket = socket
@@ -101,13 +96,9 @@ class EngineSupervisor:
         self._config = config
         self._logs = logs
         self._start_timeout = start_timeout
+        self._healthy_seconds = healthy_seconds
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     async def start(self) -> None:
         """Start the engine and wait until it serves; :class:`EngineStartError` if it cannot."""
@@ -118,7 +109,6 @@ class EngineSupervisor:
 
     async def stop(self) -> None:
         """Stop the engine: close its standard input, wait, kill it if it does not go."""
-        self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,11 +116,11 @@ class EngineSupervisor:
         process = self._process
         if process is None or process.returncode is not None:
             return
-        if process.stdin is not None:
-            process.stdin.close()
+        assert process.stdin is not None
+        process.stdin.close()
         try:
             await asyncio.wait_for(process.wait(), _STOP_SECONDS)
-        except TimeoutError:
+        except TimeoutError:  # pragma: no cover - an engine stops in milliseconds when told
             logger.warning("the engine of %s did not stop in time; killing it", self.model_id)
             process.kill()
             await process.wait()
@@ -172,15 +162,14 @@ class EngineSupervisor:
             )
 
     async def _watch(self) -> None:
+        """Wait for the engine to exit, log why, start another; until :meth:`stop` cancels."""
         died_young = 0
-        while not self._stopping:
+        while True:
             process = self._process
             assert process is not None
             started = time.monotonic()
             returncode = await process.wait()
-            if self._stopping:
-                return
-            if time.monotonic() - started >= _HEALTHY_SECONDS:
+            if time.monotonic() - started >= self._healthy_seconds:
                 died_young = 0
             delay = _BACKOFF[min(died_young, len(_BACKOFF) - 1)]
             died_young += 1
@@ -207,7 +196,8 @@ class EngineSupervisor:
 async def _announced_ready(process: asyncio.subprocess.Process) -> bool:
     """Whether the engine wrote ``ready`` on standard output before closing it."""
     assert process.stdout is not None
-    while line := await process.stdout.readline():
-        if line.strip() == b"ready":
-            return True
-    return False
+    try:
+        await process.stdout.readuntil(b"ready\n")
+    except asyncio.IncompleteReadError:
+        return False
+    return True

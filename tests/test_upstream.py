@@ -5,6 +5,7 @@ behind the suite's TCP fault proxy (refused, slow, cut part-way)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from tests.clients import HELLO
 from tests.conftest import SdkFactory, ServerFactory, make_settings
 from tests.faultproxy import FaultProxy
 from tests.providers import TEST_PROVIDER_KINDS
-from tests.servers import LiveServer
+from tests.servers import LiveServer, free_port
 from tests.upstreams import SECRET_UPSTREAM_KEY, fault_upstream
 
 FAULTS = (
@@ -30,6 +31,14 @@ FAULTS = (
     "tools",
     "drop-mid-stream",
     "missing",
+    "rate-limited-ms",
+    "rate-limited-date",
+    "rate-limited-inf",
+    "rate-limited-nan",
+    "web-page",
+    "streams-regardless",
+    "no-usage",
+    "empty-stream",
 )
 
 
@@ -47,16 +56,14 @@ def faulty() -> Iterator[LiveServer]:
         yield live
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def front(
-    start_server: ServerFactory,
     upstream: LiveServer,
     faulty: LiveServer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> LiveServer:
-    """Our server in front of both upstreams."""
-    monkeypatch.setenv("TEST_UPSTREAM_KEY", SECRET_UPSTREAM_KEY)
+    data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveServer]:
+    """Our server in front of both upstreams (one for the module: none of its tests changes it)."""
     entries = [
         f'[models.proxied]\nprovider = "openai"\nbase_url = "{upstream.base_url}/v1"\n'
         'upstream_model = "echo"\n',
@@ -68,9 +75,19 @@ def front(
             f'[models."{fault}"]\nprovider = "openai"\nbase_url = "{faulty.base_url}/v1"\n'
             'api_key_env = "TEST_UPSTREAM_KEY"\nmax_retries = 0\ntimeout = 1.0\n'
         )
-    models = tmp_path / "upstreams.toml"
+    config = tmp_path_factory.mktemp("front")
+    models = config / "upstreams.toml"
     models.write_text("\n".join(entries))
-    return start_server(models_file=models)
+    settings = make_settings(
+        models_file=models,
+        data_dir=data_dir,
+        database_url=f"sqlite+aiosqlite:///{config / 'front.db'}",
+    )
+    with pytest.MonkeyPatch.context() as patch:  # read when the providers are built
+        patch.setenv("TEST_UPSTREAM_KEY", SECRET_UPSTREAM_KEY)
+        app = create_app(settings, provider_kinds=TEST_PROVIDER_KINDS)
+        with LiveServer(app) as live:
+            yield live
 
 
 def test_a_completion_passes_through(front: LiveServer, sdk: SdkFactory) -> None:
@@ -171,6 +188,85 @@ def test_upstream_faults_become_our_errors(
         assert "'temperature' is out of range" in caught.value.message
     if model == "rate-limited":
         assert caught.value.response.headers["retry-after"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("model", "error", "status"),
+    [
+        ("bad-request", openai.BadRequestError, 400),
+        ("unauthorized", openai.InternalServerError, 502),
+        ("rate-limited", openai.RateLimitError, 429),
+    ],
+)
+def test_an_upstream_that_refuses_a_stream_gives_a_status_not_an_event(
+    front: LiveServer,
+    sdk: SdkFactory,
+    model: str,
+    error: type[openai.APIStatusError],
+    status: int,
+) -> None:
+    with pytest.raises(error) as caught:
+        sdk(front, "sk-anything").chat.completions.create(model=model, messages=HELLO, stream=True)
+
+    assert caught.value.status_code == status
+    assert SECRET_UPSTREAM_KEY not in caught.value.response.text
+
+
+@pytest.mark.parametrize(
+    ("model", "seconds", "milliseconds"),
+    [
+        ("rate-limited-ms", "3", "2500"),  # retry-after-ms wins over Retry-After: 9
+        ("rate-limited-nan", "4", "4000"),  # retry-after-ms: nan; Retry-After: 4 then
+        ("rate-limited-inf", "1", "1000"),
+        ("rate-limited-date", "1", "1000"),  # a date is not read
+    ],
+)
+def test_the_upstream_wait_is_passed_on_when_it_is_a_number(
+    front: LiveServer, sdk: SdkFactory, model: str, seconds: str, milliseconds: str
+) -> None:
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(front, "sk-anything").chat.completions.create(model=model, messages=HELLO)
+
+    assert caught.value.code == "rate_limit_exceeded"
+    assert caught.value.response.headers["retry-after"] == seconds
+    assert caught.value.response.headers["retry-after-ms"] == milliseconds
+
+
+@pytest.mark.parametrize(
+    ("model", "stream"),
+    [
+        ("web-page", False),
+        ("web-page", True),
+        ("streams-regardless", False),  # an event stream where a JSON answer was asked for
+        ("empty-stream", True),  # [DONE] and nothing before it
+    ],
+)
+def test_an_upstream_answer_that_is_no_completion_is_a_502(
+    front: LiveServer,
+    sdk: SdkFactory,
+    caplog: pytest.LogCaptureFixture,
+    model: str,
+    stream: bool,
+) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(front, "sk-anything").chat.completions.create(
+            model=model, messages=HELLO, stream=stream
+        )
+
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_error"
+    assert "the upstream did not answer with a chat completion" in caplog.text
+
+
+def test_an_upstream_answer_without_usage_passes_through(
+    front: LiveServer, sdk: SdkFactory
+) -> None:
+    reply = sdk(front, "sk-anything").chat.completions.create(model="no-usage", messages=HELLO)
+
+    assert reply.choices[0].message.content == "no usage here"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None
+    assert reply.usage.total_tokens == 0  # the upstream counted nothing, and we do not guess
 
 
 def test_a_drop_mid_stream_is_an_error_event_then_the_end(front: LiveServer) -> None:
@@ -286,3 +382,50 @@ def test_an_upstream_cut_mid_answer_is_a_502(
 
     assert caught.value.status_code == 502
     assert caught.value.code == "upstream_error"
+
+
+def test_a_server_with_an_unreachable_upstream_stays_ready(
+    start_server: ServerFactory, sdk: SdkFactory, tmp_path: Path
+) -> None:
+    """Readiness is this server's own: an upstream outage answers 502 to the requests for
+    its model, and does not take the server out of its load balancer."""
+    models = tmp_path / "gone.toml"
+    models.write_text(
+        f'[models.gone]\nprovider = "openai"\nbase_url = "http://127.0.0.1:{free_port()}/v1"\n'
+        "max_retries = 0\n"
+    )
+    server = start_server(models_file=models)
+
+    ready = httpx.get(f"{server.base_url}/ready")
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(server, "sk-anything").chat.completions.create(model="gone", messages=HELLO)
+
+    assert ready.status_code == 200
+    assert caught.value.status_code == 502
+
+
+@pytest.mark.anyio
+async def test_an_unset_upstream_key_variable_stops_the_start_naming_it(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TEST_UPSTREAM_KEY_UNSET", raising=False)
+    models = tmp_path / "keyless.toml"
+    models.write_text(
+        '[models.keyless]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        'api_key_env = "TEST_UPSTREAM_KEY_UNSET"\n'
+    )
+    settings = make_settings(
+        models_file=models,
+        data_dir=data_dir,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'keyless.db'}",
+    )
+    app = create_app(settings)
+
+    message = (
+        "model 'keyless': the environment variable TEST_UPSTREAM_KEY_UNSET (api_key_env) is not set"
+    )
+
+    # What uvicorn runs at start, and prints the error of before it exits.
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        async with app.router.lifespan_context(app):
+            pass

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 __all__ = ["SECRET_UPSTREAM_KEY", "fault_upstream"]
@@ -91,6 +91,35 @@ _TOOL_CALL_COMPLETION = {
 }
 
 
+_PLAIN_COMPLETION = {
+    "id": "chatcmpl-up",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "up",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "no usage here"},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+}
+
+#: What a captive portal or a misrouted proxy answers with: a web page, status 200.
+_WEB_PAGE = "<html><body><h1>Welcome to the hotel network</h1></body></html>"
+
+
+async def _event_stream_regardless() -> AsyncIterator[str]:
+    yield _chunk({"role": "assistant", "content": "streamed anyway"})
+    yield _chunk({}, "stop")
+    yield "data: [DONE]\n\n"
+
+
+async def _empty_stream() -> AsyncIterator[str]:
+    yield "data: [DONE]\n\n"
+
+
 async def _dropping_stream() -> AsyncIterator[str]:
     yield _chunk({"role": "assistant", "content": ""})
     yield _chunk({"content": "half an ans"})
@@ -107,10 +136,28 @@ async def _completions(request: Request) -> Response:
         return _error(401, f"Incorrect API key provided: {SECRET_UPSTREAM_KEY}.")
     if behaviour == "rate-limited":
         return _error(429, "Slow down.", **{"Retry-After": "7"})
+    if behaviour == "rate-limited-ms":  # OpenAI's own header, finer than Retry-After
+        return _error(429, "Slow down.", **{"retry-after-ms": "2500", "Retry-After": "9"})
+    if behaviour == "rate-limited-date":  # RFC 9110 allows a date instead of seconds
+        return _error(429, "Slow down.", **{"Retry-After": "Wed, 21 Oct 2037 07:28:00 GMT"})
+    if behaviour == "rate-limited-inf":
+        return _error(429, "Slow down.", **{"Retry-After": "inf"})
+    if behaviour == "rate-limited-nan":
+        return _error(429, "Slow down.", **{"retry-after-ms": "nan", "Retry-After": "4"})
+    if behaviour == "rate-limited-vague":
+        return _error(429, "Slow down.")
+    if behaviour == "web-page":
+        return HTMLResponse(_WEB_PAGE)
+    if behaviour == "streams-regardless":
+        return StreamingResponse(_event_stream_regardless(), media_type="text/event-stream")
+    if behaviour == "no-usage":
+        return JSONResponse(_PLAIN_COMPLETION)
+    if behaviour == "empty-stream":
+        return StreamingResponse(_empty_stream(), media_type="text/event-stream")
     if behaviour == "fail-500":
         return _error(500, "Upstream exploded.")
-    if behaviour == "stall":
-        await asyncio.sleep(30)
+    if behaviour == "stall":  # past the 1 s timeout of the models that call it
+        await asyncio.sleep(5)
     if behaviour == "tools":
         if body.get("stream"):
             return StreamingResponse(_tool_call_stream(), media_type="text/event-stream")

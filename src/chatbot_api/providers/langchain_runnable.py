@@ -2,10 +2,11 @@
 models file, served as an OpenAI model (needs the ``langchain`` extra).
 
 The conversation goes in as LangChain messages; the runnable's ``astream`` output comes back
-as content deltas: message chunks give their ``content``, plain strings pass as they are.
-Stop strings are applied here, across chunk boundaries. Usage comes from the chunks'
-``usage_metadata`` when the model reports it, otherwise it is counted in words and
-punctuation, the way ``echo`` counts.
+as content deltas: message chunks give their text (a string content, or the text blocks of a
+list content), plain strings pass as they are. Stop strings are applied here, across chunk
+boundaries. Usage is the sum of the chunks' ``usage_metadata`` when the model reports it
+(some report the prompt on the first chunk and the answer on the last), otherwise it is
+counted in words and punctuation, the way ``echo`` counts.
 """
 
 from __future__ import annotations
@@ -86,9 +87,14 @@ class LangChainProvider:
         try:
             async for chunk in stream:
                 usage = getattr(chunk, "usage_metadata", None)
-                if usage:
-                    reported = (usage.get("input_tokens", 0), usage.get("output_tokens", 0))
-                text = chunk if isinstance(chunk, str) else getattr(chunk, "content", "")
+                if usage:  # the chunks' counts add up, as LangChain adds message chunks
+                    before = reported or (0, 0)
+                    reported = (
+                        before[0] + usage.get("input_tokens", 0),
+                        before[1] + usage.get("output_tokens", 0),
+                    )
+                # ``text`` joins the text blocks of a list content (ChatAnthropic, v1 output).
+                text = str(chunk.text) if isinstance(chunk, BaseMessage) else chunk
                 if not isinstance(text, str) or not text:
                     continue
                 kept, stopped = matcher.feed(text)

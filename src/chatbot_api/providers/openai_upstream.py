@@ -11,8 +11,9 @@ the upstream's key:
     upstream                          ours
     400, 422                          400 with the upstream's message
     401, 403, 404                     502 upstream_error (our configuration is wrong)
-    429                               429 with the upstream's Retry-After
+    429                               429 with the upstream's retry-after-ms or Retry-After
     5xx, a dropped connection         502 upstream_error
+    no chat completion (a web page)   502 upstream_error
     a timeout                         504 upstream_timeout
 
 A client that disconnects closes the upstream response at once.
@@ -21,6 +22,7 @@ A client that disconnects closes the upstream response at once.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -148,14 +150,19 @@ class OpenAIUpstreamProvider:
             )
         except openai.OpenAIError as exc:
             raise _ours(exc) from None
+        received = False
         try:
             async for chunk in stream:
+                received = True
                 for event in _events(chunk):
                     yield event
         except openai.OpenAIError as exc:
             raise _ours(exc) from None
         finally:
             await stream.close()
+        if not received:  # e.g. a web page, which parses as an event stream of nothing
+            logger.warning("the upstream did not answer with a chat completion stream")
+            raise UpstreamError(None)
 
 
 def _logprobs(logprobs: Any) -> tuple[TokenLogprob, ...] | None:
@@ -235,12 +242,13 @@ def _ours(exc: openai.OpenAIError) -> ChatbotAPIError:
 
 
 def _retry_after(response: httpx2.Response) -> float:
-    headers = response.headers
-    try:
-        if "retry-after-ms" in headers:
-            return float(headers["retry-after-ms"]) / 1000
-        if "retry-after" in headers:
-            return float(headers["retry-after"])
-    except ValueError:
-        pass
+    """Seconds the upstream asks us to wait: ``retry-after-ms``, else ``Retry-After``; 1 when
+    neither holds a finite number of seconds (an HTTP date is not read)."""
+    for name, per_second in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            seconds = float(response.headers.get(name, "")) / per_second
+        except ValueError:
+            continue
+        if math.isfinite(seconds):  # "inf" and "nan" parse too, and cannot be rounded
+            return seconds
     return 1.0

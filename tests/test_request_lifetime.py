@@ -76,6 +76,29 @@ def test_a_stream_past_its_deadline_ends_with_an_error_event(
     assert stopped["model"] == "echo-slow"
 
 
+def test_a_fast_stream_past_its_deadline_stops_its_generation_at_once(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "api.log"
+    server = start_server(request_timeout_seconds=1, log_file=log_file)
+    # ``echo`` without a delay has its next piece ready at once, every time: the deadline is
+    # found between two pieces, not while waiting for one. 200,000 pieces take several seconds.
+    words = " ".join(f"w{n}" for n in range(200_000))
+    body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": words}]}
+
+    with httpx.stream(
+        "POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=30
+    ) as answer:
+        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "deadline_exceeded"
+    # The generation behind it stopped then too, not whenever the garbage collector ran.
+    stopped = _wait_for_record(log_file, "ended at its deadline; generation stopped", seconds=5)
+    assert stopped["model"] == "echo"
+    assert stopped["pieces_sent"] < 200_000
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_the_deadline_covers_waiting_for_the_first_token(
     start_server: ServerFactory, stream: bool

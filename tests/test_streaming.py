@@ -10,6 +10,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from tests.conftest import SdkFactory, ServerFactory
 from tests.servers import LiveServer
 from tests.spec import validate
 
@@ -145,3 +146,22 @@ def test_api_error_mid_stream_keeps_its_code(client: openai.OpenAI) -> None:
 
     assert caught.value.code == "server_overloaded"
     assert "overloaded" in caught.value.message
+
+
+def test_a_stored_stream_that_fails_at_once_gives_its_store_place_back(
+    start_server: ServerFactory, sdk: SdkFactory
+) -> None:
+    # One place in the store's queue: a failure that kept it would refuse every later store.
+    server = start_server(store_queue_size=1)
+    body = {"model": "broken-at-start", "stream": True, "store": True, "messages": HELLO}
+
+    failures = [
+        httpx.post(f"{server.base_url}/v1/chat/completions", json=body).status_code
+        for _ in range(2)
+    ]
+    reply = sdk(server, "sk-anything").chat.completions.create(
+        model="echo", messages=HELLO, store=True
+    )
+
+    assert failures == [500, 500]  # before any byte of the stream: a status, not an event
+    assert reply.choices[0].message.content == "one two three four"

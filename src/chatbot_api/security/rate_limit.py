@@ -301,11 +301,18 @@ class StreamedUsage(Protocol):
     @property
     def used_tokens(self) -> int | None: ...
 
+    async def aclose(self) -> None: ...
+
 
 async def settle_after(stream: StreamedUsage, quota: Quota) -> AsyncIterator[str]:
-    """Pass a completion's SSE payloads through, settling its tokens once the stream ends."""
+    """Pass a completion's SSE payloads through, settling its tokens once the stream ends.
+
+    Closed early (at a ``yield``), it closes the stream too: an async generator left
+    suspended in a loop over another is not closed with it, and its generation would run on.
+    """
     try:
         async for payload in stream.payloads:
             yield payload
     finally:
+        await stream.aclose()
         await quota.settle(stream.used_tokens)

@@ -100,6 +100,11 @@ class ChatStream:
     def used_tokens(self) -> int | None:
         return None if self.usage is None else self.usage.total_tokens
 
+    async def aclose(self) -> None:
+        """Stop the stream, and its generation, now (a no-op once it has ended). Its owner
+        calls this: a wrapper of ``payloads`` closed at its ``yield`` leaves them open."""
+        await _close(self.payloads)
+
 
 class ChatService:
     def __init__(
@@ -147,8 +152,8 @@ class ChatService:
                 build_generation_request(request, seed_offset=i, request_id=request_id)
                 for i in range(n)
             )
-        context = current_request()
-        if context is not None:  # for the access log
+        context = current_request()  # for the access log
+        if context is not None:  # pragma: no branch - only a caller outside HTTP has none
             context.model = model.spec.id
             context.stream = bool(request.stream)
         return PreparedChat(
@@ -336,8 +341,8 @@ async def _prepend(
             yield event
 
 
-async def _close(events: AsyncIterator[GenerationEvent]) -> None:
-    """Close a provider's generator now, so its ``finally`` (cancelling work) runs at once."""
+async def _close(events: AsyncIterator[object]) -> None:
+    """Close a generator now, so its ``finally`` (cancelling work) runs at once."""
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
         await aclose()
@@ -367,7 +372,7 @@ async def _measured(
 def _record_usage(event: Usage) -> CompletionUsage:
     """The wire usage of ``event``; the access log learns the token counts too."""
     context = current_request()
-    if context is not None:
+    if context is not None:  # pragma: no branch - only a caller outside HTTP has none
         context.prompt_tokens = event.prompt_tokens
         context.completion_tokens = event.completion_tokens
     return CompletionUsage(

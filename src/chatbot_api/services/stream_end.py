@@ -82,6 +82,13 @@ async def end_in_time(
         waiting_for_shutdown.cancel()
         if step is not None:
             await _stop(step)  # the generator cannot be closed while a step runs in it
+        if stream.ended is None and shutdown.is_set():
+            # Cut after the shutdown began (sse-starlette's backstop, for a client that
+            # stopped reading): the server ended it, not the client.
+            stream.ended = "ended at shutdown"
+        # The stream itself too: a wrapper that never started (its first step cancelled
+        # before it ran) does not run its own ``finally`` when closed.
+        await stream.aclose()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()

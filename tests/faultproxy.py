@@ -10,12 +10,19 @@ effect when the call returns:
     drop()          close every open connection now, and each new one as soon as it arrives
     refuse()        stop listening: new connections are refused, open ones carry on
     cut_after(n)    on each new connection, forward ``n`` bytes from the dependency, then close
+    reset()         abort every open connection with a TCP reset (RST), as a host that crashed
+                    or a firewall that forgot the connection does; new ones are served as before
+    cut_when_sent(marker)
+                    once: when a client sends a chunk holding ``marker``, forward it, then close
+                    that connection before the dependency answers (the command was taken, its
+                    answer lost)
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 from collections.abc import Coroutine
 from types import TracebackType
@@ -55,6 +62,7 @@ class FaultProxy:
         self._mode: Mode = "pass"
         self._delay = 0.0
         self._cut_after = 0
+        self._cut_marker: bytes | None = None
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -77,6 +85,12 @@ class FaultProxy:
 
     def cut_after(self, forwarded_bytes: int) -> None:
         self._switch(self._set("cut", cut_after=forwarded_bytes))
+
+    def reset(self) -> None:
+        self._switch(self._reset_all())
+
+    def cut_when_sent(self, marker: bytes) -> None:
+        self._switch(self._set_marker(marker))
 
     # --- the proxy itself (on its own loop) ---
 
@@ -134,6 +148,20 @@ class FaultProxy:
         for link in list(self._links):
             link.close()
 
+    async def _reset_all(self) -> None:
+        for link in list(self._links):
+            if not link.client.is_closing():
+                # Linger on, for no time at all: closing sends RST instead of FIN.
+                linger = struct.pack("ii", 1, 0)
+                link.client.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, linger
+                )
+                link.client.transport.abort()
+            link.close()
+
+    async def _set_marker(self, marker: bytes) -> None:
+        self._cut_marker = marker
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = _Link(writer)
         if self._mode == "drop":
@@ -150,7 +178,7 @@ class FaultProxy:
                 return
             budget = self._cut_after if self._mode == "cut" else None
             await asyncio.gather(
-                self._pump(reader, link.dependency, link, None),
+                self._pump(reader, link.dependency, link, None, watch=True),
                 self._pump(dependency_reader, writer, link, budget),
             )
         finally:
@@ -164,8 +192,11 @@ class FaultProxy:
         sink: asyncio.StreamWriter,
         link: _Link,
         budget: int | None,
+        *,
+        watch: bool = False,
     ) -> None:
-        """Copy ``source`` to ``sink`` until either side closes, or ``budget`` bytes went."""
+        """Copy ``source`` to ``sink`` until either side closes, or ``budget`` bytes went;
+        ``watch``: the client's side, where ``cut_when_sent``'s marker is looked for."""
         try:
             while True:
                 chunk = await source.read(_CHUNK)
@@ -182,6 +213,9 @@ class FaultProxy:
                 await sink.drain()
                 if budget == 0:
                     break
+                if watch and self._cut_marker is not None and self._cut_marker in chunk:
+                    self._cut_marker = None
+                    break  # the dependency has the command; its answer will find no one
         except (ConnectionError, OSError):
             pass
         # Either direction ending ends the link: these protocols do not half-close.

@@ -12,10 +12,17 @@ from pydantic import BaseModel, ConfigDict
 
 from chatbot_api.config import Settings
 from chatbot_api.errors import ServerOverloadedError
-from chatbot_api.providers.base import GenerationEvent, GenerationRequest, Provider, TextDelta
+from chatbot_api.providers.base import (
+    Finish,
+    GenerationEvent,
+    GenerationRequest,
+    Provider,
+    TextDelta,
+    Usage,
+)
 from chatbot_api.providers.registry import PROVIDER_KINDS, ModelSpec, ProviderKind
 
-__all__ = ["TEST_PROVIDER_KINDS", "BrokenBackendConfig"]
+__all__ = ["TEST_PROVIDER_KINDS", "BrokenBackendConfig", "ReaderConfig"]
 
 
 class BrokenBackendConfig(BaseModel):
@@ -55,7 +62,43 @@ def _build_broken(spec: ModelSpec, settings: Settings) -> Provider:
     return BrokenBackend(spec.config)
 
 
+class ReaderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: The optional parameters and content-part types it honours (``image_url``, ``tools``...).
+    supports: list[str] = []
+
+
+class ReaderBackend:
+    """A backend of an embedding application (a vision model, a tool-calling service) that
+    answers with what it was handed: the text of the last user message, and how many images
+    came with it."""
+
+    def __init__(self, config: ReaderConfig) -> None:
+        self.supported_parameters = frozenset(config.supports)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        text = next(m.text for m in reversed(request.messages) if m.role == "user")
+        content = request.request.messages[-1].content
+        parts = content if isinstance(content, list) else []
+        images = sum(1 for part in parts if part.type == "image_url")
+        yield TextDelta(f"read {text!r} and {images} image(s)")
+        yield Finish("stop")
+        yield Usage(prompt_tokens=1, completion_tokens=1)
+
+    def problem(self) -> str | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _build_reader(spec: ModelSpec, settings: Settings) -> Provider:
+    assert isinstance(spec.config, ReaderConfig)
+    return ReaderBackend(spec.config)
+
+
 TEST_PROVIDER_KINDS = {
     **PROVIDER_KINDS,
     "broken": ProviderKind(config=BrokenBackendConfig, build=_build_broken),
+    "reader": ProviderKind(config=ReaderConfig, build=_build_reader),
 }

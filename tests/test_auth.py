@@ -14,7 +14,8 @@ import pytest
 from chatbot_api.cli import main
 from tests.clients import HELLO, MASTER, make_key
 from tests.conftest import SdkFactory, ServerFactory
-from tests.servers import LiveServer, clean_env
+from tests.databases import BACKENDS, database_url_for
+from tests.servers import LiveServer, ServerProcess, clean_env
 
 
 @pytest.fixture
@@ -44,9 +45,13 @@ def test_health_stays_public(secured: LiveServer) -> None:
     assert httpx.get(f"{secured.base_url}/health").status_code == 200
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_made_key_works_and_revoking_it_stops_it_at_once(
-    secured: LiveServer, sdk: SdkFactory
+    backend: str, start_server: ServerFactory, sdk: SdkFactory, tmp_path: Path
 ) -> None:
+    # SQLite keeps verified keys in each process and learns of a revocation from the marker
+    # file beside the database; PostgreSQL is asked on every request.
+    secured = start_server(master_key=MASTER, database_url=database_url_for(backend, tmp_path))
     made = make_key(secured)
     key = str(made["key"])
     client = sdk(secured, key)
@@ -75,6 +80,69 @@ def test_an_expired_key_is_refused(secured: LiveServer, sdk: SdkFactory) -> None
 
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
+
+
+def test_a_lifetime_that_is_not_a_duration_is_400_naming_it(secured: LiveServer) -> None:
+    response = httpx.post(
+        f"{secured.base_url}/admin/keys",
+        headers={"Authorization": f"Bearer {MASTER}"},
+        json={"name": "ci", "expires_in": "next week"},
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "expires_in"
+    assert "not a duration: 'next week'" in error["message"]
+    listed = httpx.get(
+        f"{secured.base_url}/admin/keys", headers={"Authorization": f"Bearer {MASTER}"}
+    ).json()
+    assert listed["data"] == []  # no key was made
+
+
+def test_a_guessed_key_is_401_whether_or_not_its_prefix_exists(
+    secured: LiveServer, sdk: SdkFactory
+) -> None:
+    made = make_key(secured)
+    key = str(made["key"])
+    # The prefix is not secret (listings show it): only the whole key's hash lets one in.
+    known_prefix = key[: len("sk-cb-") + 12] + "x" * 40
+    unknown_prefix = "sk-cb-" + "0" * 12 + "x" * 40
+    assert str(made["prefix"]) == known_prefix[: len(str(made["prefix"]))]
+
+    for guess in (known_prefix, unknown_prefix):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            sdk(secured, guess).models.list()
+        assert caught.value.code == "invalid_api_key"
+        assert "Incorrect API key provided" in caught.value.message
+    assert [m.id for m in sdk(secured, key).models.list()]  # the real one still works
+
+
+@pytest.mark.parametrize("authorization", ["Basic dXNlcjpwYXNz", "Bearer", "sk-cb-no-scheme"])
+def test_a_key_not_sent_as_a_bearer_token_counts_as_no_key(
+    secured: LiveServer, authorization: str
+) -> None:
+    response = httpx.get(f"{secured.base_url}/v1/models", headers={"Authorization": authorization})
+
+    assert response.status_code == 401
+    assert "You didn't provide an API key" in response.json()["error"]["message"]
+    assert "Authorization: Bearer" in response.json()["error"]["message"]
+
+
+def test_disabled_authentication_serves_everyone_even_once_keys_exist(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(auth="disabled", master_key=MASTER)
+    make_key(server)
+
+    anonymous = httpx.get(f"{server.base_url}/v1/models")
+    wrong = httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": "Bearer sk-wrong"})
+    admin = httpx.get(f"{server.base_url}/admin/keys")
+
+    assert anonymous.status_code == 200
+    assert wrong.status_code == 200
+    # Open on purpose, still: only the master key manages keys.
+    assert admin.status_code == 403
+    assert admin.json()["error"]["code"] == "permission_denied"
 
 
 def test_a_key_sees_only_its_models(secured: LiveServer, sdk: SdkFactory) -> None:
@@ -179,3 +247,25 @@ def test_serve_refuses_an_open_api_on_the_network(
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
 
     assert "refusing to serve on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_serve_on_the_network_starts_once_a_key_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'network.db'}"
+    monkeypatch.setenv("CHATBOT_DATABASE_URL", database)
+    assert main(["keys", "create", "--name", "first"]) == 0
+    key = capsys.readouterr().out.strip()
+    env = clean_env(
+        CHATBOT_DATABASE_URL=database, CHATBOT_DATA_DIR=str(tmp_path), CHATBOT_BUNDLED_MODEL="false"
+    )
+
+    with ServerProcess(env, tmp_path / "output.txt", "--host", "0.0.0.0") as server:
+        without = httpx.get(f"{server.base_url}/v1/models")
+        with_key = httpx.get(
+            f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}
+        )
+
+    assert server.returncode == 0, server.output.read_text()
+    assert without.status_code == 401  # not open: the key turned authentication on
+    assert with_key.status_code == 200

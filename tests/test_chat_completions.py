@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
+from tests.conftest import SdkFactory, ServerFactory
 from tests.servers import LiveServer
 from tests.spec import validate
 
@@ -92,6 +95,16 @@ def test_stop_sequence_split_across_tokens(client: openai.OpenAI) -> None:
     assert completion.choices[0].message.content == "Hello ther"
 
 
+def test_a_reply_ending_like_the_start_of_a_stop_sequence_keeps_its_end(
+    client: openai.OpenAI,
+) -> None:
+    # "you?" could have been the start of "you? Fine.": held back, then given back at the end.
+    completion = client.chat.completions.create(model="echo", messages=HELLO, stop=["you? Fine."])
+
+    assert completion.choices[0].message.content == "Hello there, how are you?"
+    assert completion.choices[0].finish_reason == "stop"
+
+
 def test_n_gives_independent_choices_and_sums_usage(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(model="echo", messages=HELLO, n=3)
 
@@ -146,3 +159,52 @@ async def test_async_client(async_client: openai.AsyncOpenAI) -> None:
     )
 
     assert completion.choices[0].message.content == "async works"
+
+
+@pytest.fixture
+def reader(start_server: ServerFactory, tmp_path: Path) -> LiveServer:
+    """A backend of an embedding application that reads images and takes tools, but cannot be
+    told which tool to call (``tests/providers.py``)."""
+    models = tmp_path / "models.toml"
+    models.write_text('[models.reader]\nprovider = "reader"\nsupports = ["image_url", "tools"]\n')
+    return start_server(models_file=models)
+
+
+def test_a_backend_that_reads_images_gets_them_and_the_text_around_them(
+    reader: LiveServer, sdk: SdkFactory
+) -> None:
+    completion = sdk(reader, "unused").chat.completions.create(
+        model="reader",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is in "},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}},
+                    {"type": "text", "text": "this picture?"},
+                ],
+            }
+        ],
+    )
+
+    assert completion.choices[0].message.content == "read 'what is in this picture?' and 1 image(s)"
+
+
+def test_a_parameter_a_backend_cannot_honour_is_refused_even_beside_one_it_can(
+    reader: LiveServer, sdk: SdkFactory
+) -> None:
+    client = sdk(reader, "unused")
+    tools: list[ChatCompletionToolParam] = [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    ]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Weather?"}]
+
+    served = client.chat.completions.create(model="reader", messages=messages, tools=tools)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="reader", messages=messages, tools=tools, tool_choice="required"
+        )
+
+    assert served.choices[0].message.content == "read 'Weather?' and 0 image(s)"
+    assert caught.value.code == "unsupported_parameter"
+    assert caught.value.param == "tool_choice"

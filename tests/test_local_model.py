@@ -301,6 +301,16 @@ def test_full_slots_and_queue_answer_503(sdk: openai.OpenAI, llama_server: LiveS
     assert caught.value.status_code == 503
     assert caught.value.code == "server_overloaded"
     assert caught.value.response.headers["retry-after"] == "1"
+    # The slot comes back once the server sees the client leave (a moment after it closed),
+    # as a client honouring Retry-After finds; the next tests need it free too.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sdk.chat.completions.create(model="tiny-slot", messages=FRANCE, max_tokens=1)
+            break
+        except openai.InternalServerError:
+            assert time.monotonic() < deadline, "the slot was never given back"
+            time.sleep(0.2)
 
 
 def test_prompt_longer_than_the_context_is_400(sdk: openai.OpenAI) -> None:

@@ -8,6 +8,7 @@ answers fall in one window.
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 import uuid
@@ -175,6 +176,34 @@ def test_a_request_larger_than_the_token_limit_says_retrying_will_not_help(
     http.close()
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        "process",
+        pytest.param(
+            "redis",
+            marks=pytest.mark.skipif(REDIS_URL is None, reason="CHATBOT_TEST_REDIS_URL is not set"),
+        ),
+    ],
+)
+def test_a_request_for_2_to_the_63_tokens_is_refused_not_let_through(
+    start_server: ServerFactory, where: str
+) -> None:
+    # Past 64 bits, Redis's counters would refuse an increment, and a limiter that fails
+    # open would let the request through unlimited: admission checks before it adds.
+    server = start_server(rate_limit_tpm=1000, redis_url=REDIS_URL if where == "redis" else None)
+
+    answer = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": "echo", "messages": HELLO, "max_tokens": 2**63 - 1},
+        timeout=10,
+    )
+
+    assert answer.status_code == 429
+    assert "Request too large" in answer.json()["error"]["message"]
+    assert answer.headers["x-should-retry"] == "false"
+
+
 def test_a_keys_own_limit_wins_and_the_master_key_is_not_limited(
     start_server: ServerFactory, sdk: SdkFactory
 ) -> None:
@@ -236,6 +265,19 @@ def test_a_valid_key_is_let_in_from_an_address_that_keeps_failing(
     assert no_key.status_code == 429  # a request without a key still counts as a failure
     with pytest.raises(openai.RateLimitError):
         wrong.models.list()
+
+
+def test_failed_authentication_is_never_throttled_when_its_limit_is_off(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(master_key=MASTER, auth_failures_per_minute=0)
+    wrong = {"Authorization": "Bearer sk-wrong"}
+
+    statuses = {
+        httpx.get(f"{server.base_url}/v1/models", headers=wrong).status_code for _ in range(25)
+    }
+
+    assert statuses == {401}  # 25 failures, past the default limit of 20: never a 429
 
 
 def _counters(where: str) -> Counters:
@@ -309,6 +351,34 @@ def test_two_instances_on_redis_share_one_limit(tmp_path: Path, sdk: SdkFactory)
             sdk(two, key).chat.completions.create(model="echo", messages=HELLO)
 
     assert remaining == ["2", "1", "0"]
+
+
+@pytest.mark.skipif(REDIS_URL is None, reason="CHATBOT_TEST_REDIS_URL is not set")
+def test_an_address_over_its_failure_limit_on_one_instance_is_refused_by_the_other(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        master_key=MASTER,
+        redis_url=REDIS_URL,
+        auth_failures_per_minute=2,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}",
+    )
+    # An address of its own on the loopback network, so that no other run's failures count.
+    address = ".".join(["127", *(str(random.randint(1, 254)) for _ in range(3))])
+    wrong = {"Authorization": "Bearer sk-wrong"}
+    with (
+        LiveServer(create_app(settings, provider_kinds=TEST_PROVIDER_KINDS)) as one,
+        LiveServer(create_app(settings, provider_kinds=TEST_PROVIDER_KINDS)) as two,
+        httpx.Client(transport=httpx.HTTPTransport(local_address=address)) as client,
+    ):
+        _same_minute()
+        on_one = [client.get(f"{one.base_url}/v1/models", headers=wrong) for _ in range(2)]
+        on_two = client.get(f"{two.base_url}/v1/models", headers=wrong)
+
+    assert [r.status_code for r in on_one] == [401, 401]
+    # Its first failure from that address, but the third the address made this minute.
+    assert on_two.status_code == 429
+    assert on_two.json()["error"]["code"] == "too_many_auth_failures"
 
 
 def test_a_redis_that_does_not_answer_does_not_take_the_api_down(

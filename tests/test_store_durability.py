@@ -1,5 +1,5 @@
-"""Nothing acknowledged is lost: a database that is away for a moment, a SIGTERM with writes
-pending, and rows of another owner that stay invisible."""
+"""Nothing acknowledged is lost: a database that is away for a moment, that fails or refuses
+a record, a SIGTERM with writes pending, and rows of another owner that stay invisible."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import ServerFactory
-from tests.servers import ServerProcess, clean_env
+from chatbot_api.app import create_app
+from chatbot_api.store.writer import UNSTORED_FILE_NAME
+from tests.conftest import ServerFactory, make_settings
+from tests.servers import LiveServer, ServerProcess, clean_env
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "keep this"}], "store": True}
 
@@ -53,6 +56,130 @@ def test_writes_wait_out_a_locked_database(start_server: ServerFactory, tmp_path
     ]
     assert retries, "the failed attempts were not logged"
     assert "locked" in retries[0]["error"]
+
+
+def test_a_read_waits_for_the_writes_before_it_and_is_503_when_they_cannot_land(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    database = tmp_path / "locked.db"
+    server = start_server(
+        database_url=f"sqlite+aiosqlite:///{database}", database_busy_timeout_ms=50
+    )
+    base = f"{server.base_url}/v1/chat/completions"
+    blocker = sqlite3.connect(database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+
+    kept = httpx.post(base, json=CHAT).json()["id"]
+    waited = httpx.get(base, timeout=30)  # for the write before it, five seconds, in vain
+    blocker.execute("COMMIT")
+    blocker.close()
+
+    assert waited.status_code == 503  # not a list that leaves out what was just stored
+    assert waited.json()["error"]["code"] == "database_unavailable"
+    assert waited.headers["retry-after"] == "1"
+    assert [c["id"] for c in httpx.get(base).json()["data"]] == [kept]
+
+
+def test_a_record_sqlite_refuses_is_set_aside_and_the_rest_written_in_order(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    database = tmp_path / "refusing.db"
+    server = start_server(
+        database_url=f"sqlite+aiosqlite:///{database}",
+        database_busy_timeout_ms=50,
+        data_dir=tmp_path,
+        store_batch_size=2,
+    )
+    base = f"{server.base_url}/v1/chat/completions"
+    blocker = sqlite3.connect(database, isolation_level=None)
+    # SQLite has no column too short for a value, as PostgreSQL has: a trigger refuses instead.
+    blocker.execute(
+        "CREATE TRIGGER refuse_slow BEFORE INSERT ON stored_completions "
+        "WHEN NEW.model = 'echo-slow' BEGIN SELECT RAISE(ABORT, 'not kept here'); END"
+    )
+    blocker.execute("BEGIN IMMEDIATE")  # the records wait, and are written in batches after
+
+    def store(model: str, text: str) -> str:
+        body = {"model": model, "store": True, "messages": [{"role": "user", "content": text}]}
+        return str(httpx.post(base, json=body).json()["id"])
+
+    first = store("echo", "first")
+    refused = store("echo-slow", "refused")
+    rest = [store("echo", f"then {n}") for n in range(3)]
+    blocker.execute("COMMIT")
+    blocker.close()
+
+    assert [c["id"] for c in httpx.get(base).json()["data"]] == [first, *rest]
+    assert httpx.get(f"{base}/{refused}").status_code == 404
+    [entry] = [
+        json.loads(line) for line in (tmp_path / UNSTORED_FILE_NAME).read_text().splitlines()
+    ]
+    assert (entry["reason"], entry["error"]) == ("refused", "not kept here")
+    assert entry["record"]["id"] == refused
+
+
+def test_an_insert_sqlite_fails_outright_is_held_for_a_retry_not_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = tmp_path / "failing.db"
+    settings = make_settings(
+        database_url=f"sqlite+aiosqlite:///{database}", store_flush_seconds=0.5, data_dir=tmp_path
+    )
+    with LiveServer(create_app(settings)) as server:
+        # A trigger left behind by a careless change, writing to a table that is gone: SQLite
+        # fails the insert itself with an OperationalError, as it does on an I/O error.
+        with sqlite3.connect(database) as admin:
+            admin.execute(
+                "CREATE TRIGGER audit BEFORE INSERT ON stored_completions "
+                "BEGIN INSERT INTO audit_log VALUES (NEW.id); END"
+            )
+        base = f"{server.base_url}/v1/chat/completions"
+        answered = [httpx.post(base, json=CHAT).json()["id"] for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while not any(
+            getattr(record, "error", None) == "no such table: main.audit_log"
+            for record in caplog.records
+        ):
+            assert time.monotonic() < deadline, "the failed insert was not logged"
+            time.sleep(0.05)
+
+    # Retried until the shutdown, then kept in the recovery file; never set aside as refused.
+    kept = [json.loads(line) for line in (tmp_path / UNSTORED_FILE_NAME).read_text().splitlines()]
+    assert [entry["record"]["id"] for entry in kept] == answered
+    assert {entry["reason"] for entry in kept} == {"shutdown"}
+
+
+def test_records_that_reach_neither_the_database_nor_the_recovery_file_are_logged_whole(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "locked.db"
+    log_file = tmp_path / "api.log"
+    (tmp_path / UNSTORED_FILE_NAME).mkdir()  # the recovery file cannot be written either
+    settings = make_settings(
+        database_url=f"sqlite+aiosqlite:///{database}",
+        database_busy_timeout_ms=50,
+        store_flush_seconds=0.5,
+        data_dir=tmp_path,
+        log_file=log_file,
+    )
+    with LiveServer(create_app(settings)) as server:
+        blocker = sqlite3.connect(database, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        base = f"{server.base_url}/v1/chat/completions"
+        answered = [httpx.post(base, json=CHAT).json()["id"] for _ in range(2)]
+    blocker.execute("ROLLBACK")
+    blocker.close()
+
+    # The log is the last durable place left: each line carries its record whole.
+    lost = [
+        json.loads(line)
+        for line in log_file.read_text().splitlines()
+        if "could not be written to the database or the recovery file" in line
+    ]
+    assert [line["entry"]["record"]["id"] for line in lost] == answered
+    assert {line["entry"]["reason"] for line in lost} == {"shutdown"}
+    response = json.loads(lost[0]["entry"]["record"]["response_json"])
+    assert response["choices"][0]["message"]["content"] == "keep this"
 
 
 def test_store_by_default(start_server: ServerFactory) -> None:

@@ -9,14 +9,15 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionContentPartTextParam, ChatCompletionMessageParam
 
 from chatbot_api.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import ServerFactory, make_settings
 from tests.databases import BACKENDS, database_url_for
 from tests.providers import TEST_PROVIDER_KINDS
 from tests.servers import LiveServer
 from tests.spec import validate
+from tests.upstreams import fault_upstream
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -161,6 +162,22 @@ def test_messages_are_listed_and_paged(sdk: openai.OpenAI, stored_server: LiveSe
     )
 
 
+def test_messages_with_content_parts_are_listed_with_their_text(sdk: openai.OpenAI) -> None:
+    parts: list[ChatCompletionContentPartTextParam] = [
+        {"type": "text", "text": "what is "},
+        {"type": "text", "text": "in this picture?"},
+    ]
+    completion = sdk.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": parts}], store=True
+    )
+
+    [message] = list(sdk.chat.completions.messages.list(completion.id))
+
+    assert message.content == "what is in this picture?"
+    assert message.content_parts is not None
+    assert [part.model_dump(exclude_none=True) for part in message.content_parts] == parts
+
+
 def test_a_streamed_completion_is_stored_as_assembled(sdk: openai.OpenAI) -> None:
     tag = uuid.uuid4().hex
     stream = sdk.chat.completions.create(
@@ -179,6 +196,45 @@ def test_a_streamed_completion_is_stored_as_assembled(sdk: openai.OpenAI) -> Non
     assert stored.choices[0].finish_reason == "length"
     assert stored.usage is not None
     assert stored.usage.completion_tokens == 2
+
+
+@pytest.fixture(scope="module")
+def tool_calling_upstream() -> Iterator[LiveServer]:
+    """An OpenAI-compatible service of the suite's own whose ``tools`` model calls a tool."""
+    with LiveServer(fault_upstream()) as live:
+        yield live
+
+
+def test_a_streamed_tool_call_is_stored_whole(
+    start_server: ServerFactory, tool_calling_upstream: LiveServer, tmp_path: Path
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(
+        f'[models.tools]\nprovider = "openai"\nbase_url = "{tool_calling_upstream.base_url}/v1"\n'
+        "max_retries = 0\n"
+    )
+    server = start_server(models_file=models)
+    tools: list[openai.types.chat.ChatCompletionToolParam] = [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    ]
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as sdk:
+        stream = sdk.chat.completions.create(
+            model="tools",
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=tools,
+            store=True,
+            stream=True,
+        )
+        streamed_id = {chunk.id for chunk in stream}.pop()
+
+        stored = sdk.chat.completions.retrieve(streamed_id)
+
+    # The upstream streamed the arguments in pieces; the stored answer has them joined.
+    [call] = stored.choices[0].message.tool_calls or []
+    assert call.id == "call_up_1"
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert call.function.arguments == '{"city": "Paris"}'  # type: ignore[union-attr]
+    assert stored.choices[0].finish_reason == "tool_calls"
 
 
 @pytest.mark.parametrize(

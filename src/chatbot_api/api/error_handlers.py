@@ -56,12 +56,13 @@ def error_response(error: ChatbotAPIError) -> JSONResponse:
 
 
 def param_from_location(loc: Sequence[int | str]) -> str | None:
-    """Turn a Pydantic error location into OpenAI's parameter path: ``messages[0].content``."""
-    parts = list(loc)
-    if parts and parts[0] in ("body", "query", "path"):
-        parts = parts[1:]
+    """Turn a FastAPI error location into OpenAI's parameter path: ``messages[0].content``.
+
+    FastAPI starts every location with where the value came from (``body``, ``query``,
+    ``path``), which OpenAI's ``param`` leaves out.
+    """
     path = ""
-    for part in parts:
+    for part in loc[1:]:
         if isinstance(part, str) and (part.startswith("~") or part == "[key]"):
             continue  # a union's tag (see schemas.messages) or Pydantic's mark on a dict key
         if isinstance(part, int):

@@ -143,9 +143,7 @@ def read_json(body: bytes) -> Any:
     # and first, since passing bounds the work of the walk after.
     long = len(body) >= 2 * MAX_JSON_VALUES
     if (long or body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH) and _over_limits(document):
-        problem = _shape_problem(document)
-        if problem is not None:
-            raise problem
+        raise _shape_problem(document)
     if hooks.refused or _SUSPECT_ESCAPE.search(body):
         problem = _first_problem(document)
         if problem is not None:
@@ -195,14 +193,13 @@ def _over_limits(document: Any) -> bool:
     return False
 
 
-def _shape_problem(document: Any) -> InvalidRequestError | None:
-    """A body nested too deep (naming the top-level field that is) or holding too many values
-    (naming the container whose items pass the count)."""
+def _shape_problem(document: Any) -> InvalidRequestError:
+    """Where a body that :func:`_over_limits` found nested too deep or holding too many values
+    is so: the top-level field that nests too deep, or the container whose items pass the
+    count. The two count alike, so this walk finds the problem before its stack runs out."""
     counted = 1
-    stack: list[tuple[_Path, Any, int]] = []
-    if type(document) in _CONTAINER_TYPES:
-        stack.append((None, document, 1))
-    while stack:
+    stack: list[tuple[_Path, Any, int]] = [(None, document, 1)]
+    while True:
         path, value, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             return _invalid(_outermost(path), _TOO_DEEP, "invalid_json")
@@ -215,7 +212,6 @@ def _shape_problem(document: Any) -> InvalidRequestError | None:
             for key, child in items
             if type(child) in _CONTAINER_TYPES
         )
-    return None
 
 
 def _outermost(path: _Path) -> _Path:

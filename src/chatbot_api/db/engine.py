@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -35,14 +35,20 @@ class Database:
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        #: The SQLite database file, when there is one.
+        #: The SQLite database file (None on PostgreSQL).
         self.sqlite_file: Path | None = None
         options: dict[str, Any] = {}
         if self.is_sqlite:
-            database = url.split("///", 1)[-1]
-            if database and database != ":memory:":
-                self.sqlite_file = Path(database)
-                self.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+            database = make_url(url).database
+            if not database or database == ":memory:":
+                # SQLAlchemy gives an in-memory database a single connection, shared by every
+                # request: two transactions at once on it fail ("cannot start a transaction
+                # within a transaction"), and a request gets a 503 for it.
+                raise ValueError(
+                    f"the SQLite database must be a file (sqlite+aiosqlite:///path.db): {url}"
+                )
+            self.sqlite_file = Path(database)
+            self.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         else:
             options = {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(url, **options)

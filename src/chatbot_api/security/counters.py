@@ -241,7 +241,6 @@ class RedisCounters:
         return Admission(int(used_requests), int(used_tokens), admitted=bool(admitted))
 
     async def aclose(self) -> None:
-        # limits keeps its Redis client on the storage's bridge and offers no close.
-        pool = getattr(self._bridge.storage, "connection_pool", None)
-        if pool is not None:
-            pool.disconnect()
+        # limits keeps its Redis client on the storage's bridge and offers no close; every
+        # coredis client (plain, sentinel, cluster) has a connection pool.
+        self._bridge.storage.connection_pool.disconnect()

@@ -118,9 +118,8 @@ class HardeningMiddleware:
                     message = await receive()
             except TimeoutError:
                 raise BodyReadError(RequestTimeoutError()) from None
-            if message["type"] != "http.request":  # the client left
-                body_complete = True
-                return message
+            # A client that left arrives as "http.disconnect", with neither "body" nor
+            # "more_body": it ends the body here as a last piece would, and passes on.
             body_complete = not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:

@@ -47,8 +47,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _WINDOW_SECONDS = 60
-# Addresses remembered as blocked before the list is pruned of those whose minute is over.
-_BLOCKED_PRUNE_AT = 10_000
 # A counter outlives its window a little so a late settlement finds it.
 _COUNTER_TTL = _WINDOW_SECONDS + 10
 
@@ -126,10 +124,12 @@ class RateLimiter:
         self._rpm = rpm
         self._tpm = tpm
         self._auth_failures = auth_failures_per_minute
-        #: Addresses at the failed-authentication limit, and when their minute ends. Learnt
-        #: from this process's own failures (the count itself is shared), so that their next
-        #: failures are refused without a round trip to Redis.
-        self._blocked: dict[str, float] = {}
+        #: Addresses at the failed-authentication limit in the minute ``_blocked_window``.
+        #: Learnt from this process's own failures (the count itself is shared), so that
+        #: their next failures are refused without a round trip to Redis; forgotten together
+        #: when the minute ends, so that it never holds more than one minute's addresses.
+        self._blocked: set[str] = set()
+        self._blocked_window = -1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
@@ -229,11 +229,13 @@ class RateLimiter:
         """
         if self._auth_failures <= 0:
             return
-        now = time.time()
-        until = self._blocked.get(address)
-        if until is not None and until > now:
-            raise _auth_refusal(until - now)
         window, reset = self._window()
+        if window != self._blocked_window:  # a new minute: last minute's blocks are over
+            self._blocked, self._blocked_window = set(), window
+        # This minute's set, even if the minute turns while Redis counts the failure.
+        blocked = self._blocked
+        if address in blocked:
+            raise _auth_refusal(reset)
         try:
             failures = await self._counters.incr(
                 self._key("auth-failures", address, window), 1, expiry=_COUNTER_TTL
@@ -242,9 +244,7 @@ class RateLimiter:
             _storage_failed(exc)
             return
         if failures >= self._auth_failures:
-            if len(self._blocked) >= _BLOCKED_PRUNE_AT:
-                self._blocked = {a: t for a, t in self._blocked.items() if t > now}
-            self._blocked[address] = now + reset
+            blocked.add(address)
         if failures > self._auth_failures:
             raise _auth_refusal(reset)
 

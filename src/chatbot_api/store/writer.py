@@ -158,9 +158,10 @@ class QueuePlace:
         self._give_back()
 
     def use(self) -> None:
-        """Mark the place as filled by a record."""
-        if self._give_back.detach() is None:
-            raise RuntimeError("a queue place was used after it was released")
+        """Mark the place as filled by a record (the chat service fills a place at most once,
+        and only before it would release it)."""
+        detached = self._give_back.detach()
+        assert detached is not None, "a queue place was used after it was released"
 
 
 class StoreWriter:
@@ -238,8 +239,7 @@ class StoreWriter:
     async def close(self, flush_seconds: float) -> None:
         """Flush what is queued (for up to ``flush_seconds``), then stop. Records the database
         has not taken by then go to the recovery file."""
-        if self._task is None:
-            return
+        assert self._task is not None, "the writer was closed without being started"
         self._closed = True
         if self.pending:
             logger.info("flushing stored completions", extra={"pending": self.pending})

@@ -25,8 +25,6 @@ _LEVELS = {
     4: logging.ERROR,
 }
 _state = threading.local()
-_installed = threading.Lock()
-_callback: object = None
 
 
 def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
@@ -41,10 +39,10 @@ def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             logger.log(severity, line.rstrip())
 
 
+# One for the process, kept for its lifetime: llama.cpp calls it through a bare pointer.
+_CALLBACK = llama_cpp.llama_log_callback(_on_log)
+
+
 def route_native_logs() -> None:
-    """Install the callback once per process (llama.cpp keeps one global log sink)."""
-    global _callback
-    with _installed:
-        if _callback is None:
-            _callback = llama_cpp.llama_log_callback(_on_log)
-            llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+    """Make our callback llama.cpp's one global log sink (setting it again changes nothing)."""
+    llama_cpp.llama_log_set(_CALLBACK, ctypes.c_void_p(0))

@@ -19,6 +19,7 @@ from rich.table import Table
 from chatbot_api import __version__
 from chatbot_api.config import Settings
 from chatbot_api.db.engine import Database, default_database_url
+from chatbot_api.http_protocol import BoundedHttpToolsProtocol
 from chatbot_api.logs import configure_logging
 from chatbot_api.metrics import multiprocess_directory, remove_multiprocess_directory
 from chatbot_api.providers.llama.bundled import prepare_bundled_model
@@ -114,6 +115,8 @@ def _run_uvicorn(settings: Settings) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        # httptools with bounds on a request's head (size and time): see http_protocol.
+        http=BoundedHttpToolsProtocol,
         # After the streams' grace period (they end themselves), time to flush the store.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds) + 10,
     )

@@ -169,9 +169,9 @@ class RequestTimeoutError(ChatbotAPIError):
     error_type = "invalid_request_error"
     default_code = "request_timeout"
 
-    def __init__(self) -> None:
+    def __init__(self, part: str = "body") -> None:
         super().__init__(
-            "The request body did not arrive in time (see CHATBOT_BODY_TIMEOUT_SECONDS).",
+            f"The request {part} did not arrive in time (see CHATBOT_BODY_TIMEOUT_SECONDS).",
             headers={"Connection": "close"},
         )
 

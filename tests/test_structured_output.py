@@ -251,6 +251,28 @@ def test_a_schema_over_its_compile_budget_is_a_400(llama_server: LiveServer) -> 
     assert "took longer than 0.001 s to compile" in answer.json()["error"]["message"]
 
 
+def test_a_schema_refused_for_its_time_is_served_once_its_compile_has_ended(
+    llama_server: LiveServer,
+) -> None:
+    # Over `hasty-grammar`'s millisecond, far inside llguidance's own limits: refused at
+    # first, the compile runs on, and the schema is served from then on; a refusal that stayed
+    # in the cache would refuse it for good.
+    names = [f"late_{time.monotonic_ns()}_{n}" for n in range(300)]
+    schema = {"type": "object", "properties": {name: {"type": "integer"} for name in names}}
+
+    answers = [_ask(llama_server, schema, model="hasty-grammar")]
+    deadline = time.monotonic() + 60
+    while answers[-1].status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        answers.append(_ask(llama_server, schema, model="hasty-grammar"))
+
+    refusals = [a.json()["error"]["message"] for a in answers if a.status_code == 400]
+    assert refusals, "the schema compiled within a millisecond: the test proves nothing"
+    assert all("took longer than" in message for message in refusals)
+    assert answers[-1].status_code == 200, answers[-1].text
+    assert answers[-1].json()["choices"][0]["message"]["content"].startswith("{")
+
+
 class ZipCode(BaseModel):
     """What LangChain users write; ``with_structured_output`` sends it as a JSON schema."""
 

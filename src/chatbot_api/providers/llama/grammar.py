@@ -17,7 +17,7 @@ engine process:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import hashlib
 import logging
 from collections import OrderedDict
@@ -169,8 +169,18 @@ class GrammarCompiler:
                 headers={"Retry-After": "1"},
             )
         self._in_flight += 1
-        job = asyncio.get_running_loop().run_in_executor(self._compiling, _build, spec, tokenizer)
-        job.add_done_callback(self._job_done)
+        loop = asyncio.get_running_loop()
+        started = loop.create_future()
+
+        def build() -> llguidance.LLMatcher:
+            loop.call_soon_threadsafe(_settle, started)
+            return _build(spec, tokenizer)
+
+        job = loop.run_in_executor(self._compiling, build)
+        job.add_done_callback(functools.partial(self._job_done, key))
+        # The budget is the schema's own compile time: waiting for a compiler thread (others'
+        # schemas) is not held against it. The request's deadline bounds the wait.
+        await started
         try:
             # A compile past its budget is refused now and runs on until llguidance's limits
             # end it (a thread cannot be stopped); shielded, so that its result is not lost.
@@ -178,21 +188,40 @@ class GrammarCompiler:
                 asyncio.shield(job), self._budget
             )
         except TimeoutError:
-            result = GrammarError(
-                f"the schema took longer than {self._budget:g} s to compile; simplify it"
-            )
+            result = _CompileTimeoutError(self._budget)
         except GrammarError as error:
             result = error
+        self._remember(key, result)
+        return result
+
+    def _remember(self, key: str, result: llguidance.LLMatcher | GrammarError) -> None:
         self._cache[key] = result
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return result
 
-    def _job_done(self, job: asyncio.Future[llguidance.LLMatcher]) -> None:
+    def _job_done(self, key: str, job: asyncio.Future[llguidance.LLMatcher]) -> None:
         self._in_flight -= 1
-        # Retrieved: a compile refused for its time may fail later, with nobody to read it.
-        with contextlib.suppress(asyncio.CancelledError):
-            job.exception()
+        if job.cancelled():
+            return
+        error = job.exception()  # retrieved: a compile refused for its time may fail later
+        # A schema refused for its time that compiled (or failed) in the end is answered by
+        # that from now on, not by the refusal.
+        if isinstance(self._cache.get(key), _CompileTimeoutError):
+            self._remember(key, job.result() if error is None else _as_grammar_error(error))
+
+
+class _CompileTimeoutError(GrammarError):
+    def __init__(self, budget: float) -> None:
+        super().__init__(f"the schema took longer than {budget:g} s to compile; simplify it")
+
+
+def _settle(started: asyncio.Future[None]) -> None:
+    if not started.done():
+        started.set_result(None)
+
+
+def _as_grammar_error(error: BaseException) -> GrammarError:
+    return error if isinstance(error, GrammarError) else GrammarError(_first_line(str(error)))
 
 
 def _build(spec: GrammarSpec, tokenizer: llguidance.LLTokenizer) -> llguidance.LLMatcher:

@@ -121,6 +121,23 @@ def test_the_deadline_covers_waiting_for_the_first_token(
     assert answer.json()["error"]["code"] == "deadline_exceeded"
 
 
+def test_a_stream_whose_client_leaves_before_its_first_token_is_stopped_there(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "api.log"
+    server = start_server(log_file=log_file)
+    # `echo-silent` takes 5 s to its first piece: the wait a slot, a long prompt or a grammar
+    # can cause. The client gives up after half a second.
+    body = {"model": "echo-silent", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=0.5)
+
+    stopped = _wait_for_record(log_file, "client disconnected; generation stopped")
+    # Stopped while it waited: the stream never began (a 200 would mean it began for nobody).
+    access = _wait_for_record(log_file, "POST /v1/chat/completions 499")
+    assert access["request_id"] == stopped["request_id"]
+
+
 def test_a_client_that_leaves_a_json_answer_stops_its_generation(
     start_server: ServerFactory, data_dir: Path, tmp_path: Path
 ) -> None:

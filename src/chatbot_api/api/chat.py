@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Request, Response
@@ -18,12 +18,12 @@ from chatbot_api.errors import ClientClosedRequestError, DeadlineExceededError
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletion
 from chatbot_api.security.rate_limit import settle_after
-from chatbot_api.services.chat import Completion
 from chatbot_api.services.stream_end import end_in_time
 
 __all__ = ["router"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How much longer than our grace period sse-starlette waits before it cancels a stream.
 _BACKSTOP_SECONDS = 2.0
@@ -75,10 +75,13 @@ async def create_chat_completion(
     )
     try:
         if body.stream:
-            try:
-                stream = await asyncio.wait_for(chat.open_stream(prepared), deadline - loop.time())
-            except TimeoutError:
-                raise DeadlineExceededError(settings.request_timeout_seconds) from None
+            # Until its first token a stream is watched as a JSON answer is: a client that
+            # leaves while it waits for a slot, its prompt or its grammar stops it there.
+            stream = await _while_connected(
+                request, chat.open_stream(prepared), deadline - loop.time()
+            )
+            if stream is None:
+                raise DeadlineExceededError(settings.request_timeout_seconds)
             shutdown = anyio.Event()
             grace = settings.shutdown_grace_seconds
             payloads = end_in_time(
@@ -111,11 +114,12 @@ async def create_chat_completion(
 
 
 async def _while_connected(
-    request: Request, work: Coroutine[Any, Any, Completion], time_left: float
-) -> Completion | None:
+    request: Request, work: Coroutine[Any, Any, T], time_left: float
+) -> T | None:
     """Run ``work`` while the client waits for it: None once ``time_left`` passes, and
     :class:`ClientClosedRequestError` if the client leaves first (its generation stopped).
-    A stream learns of a departure from sse-starlette; a JSON answer only from here."""
+    A stream learns of a departure from sse-starlette once it has begun; before that, and
+    a JSON answer throughout, only from here."""
     finished = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnected(request))
     try:

@@ -8,7 +8,6 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -114,3 +113,26 @@ def test_kept_alive_requests_and_a_large_body_are_untouched(server: ServerProces
 
     assert answer.status_code == 200
     assert answer.json()["choices"][0]["message"]["content"].startswith("word word")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\nzz\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+        b"Content-Length: 3\r\n\r\n{}",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS handshake
+    ],
+    ids=["bad chunk size", "two Content-Lengths", "TLS"],
+)
+def test_what_is_not_http_is_a_400_in_the_envelope(
+    server: ServerProcess, request_bytes: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(request_bytes)
+        status, headers, body = _answer(conn)
+
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "invalid_http"

@@ -9,7 +9,9 @@ answers, in OpenAI's envelope, and closes the connection:
 * 431 once more than :data:`~chatbot_api.security.hardening.MAX_HEADER_BYTES` have arrived
   without the head ending;
 * 408 when a head has not ended ``CHATBOT_BODY_TIMEOUT_SECONDS`` after the connection
-  opened or, on a kept-alive connection, after its first byte arrived.
+  opened or, on a kept-alive connection, after its first byte arrived;
+* 400 for what is not HTTP/1.1 at all (a bad chunk size, two ``Content-Length`` headers, a
+  TLS handshake), which uvicorn answers in plain text.
 
 Heads within the bounds go on to :class:`~chatbot_api.security.hardening.HardeningMiddleware`,
 which counts the headers the app is given exactly.
@@ -27,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from chatbot_api.config import Settings
 from chatbot_api.errors import (
     ChatbotAPIError,
+    InvalidRequestError,
     RequestHeadersTooLargeError,
     RequestTimeoutError,
 )
@@ -74,6 +77,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         super().on_headers_complete()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser refuses: ours is in the envelope."""
+        self._refuse(InvalidRequestError("The request is not valid HTTP/1.1.", code="invalid_http"))
+
     def _start_head(self) -> None:
         self._in_head = True
         self._head_bytes = 0
@@ -104,4 +111,4 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}

@@ -98,8 +98,9 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description=(
-            "How long a request body may take to arrive, counted from when the API starts "
-            "reading it; a slower one gets 408."
+            "How long a request's headers may take to arrive (from the connection opening, "
+            "or the next request's first byte), and its body (from when the API starts "
+            "reading it); a slower one gets 408."
         ),
     )
 

@@ -7,6 +7,7 @@ tests kill it with SIGKILL, the one way to die that nothing can clean up after.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -36,9 +37,10 @@ from tests.conftest import ServerFactory
 from tests.servers import AnyServer, LiveServer, ServerProcess, clean_env
 
 MODEL = "gemma-3-270m"
-#: Newlines (where the transcript's stop strings begin), end of text and end of turn biased
-#: away: a stream runs its whole length, so it is still running when the engine is killed.
-NEVER_STOP = {"107": -100, "108": -100, "1": -100, "106": -100}
+#: Newlines (where the transcript's stop strings begin), end of text, end of turn and "</s>"
+#: (llama.cpp ends on it too) biased away: a stream runs its whole length, so it is still
+#: running when the engine is killed.
+NEVER_STOP = {"107": -100, "108": -100, "1": -100, "106": -100, "212": -100}
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -153,6 +155,39 @@ def test_a_killed_engine_fails_its_requests_at_once_and_is_restarted(
     metrics = httpx.get(f"{server.base_url}/metrics", timeout=5).text
     assert f'chatbot_engine_restarts{{model="{MODEL}"}} 1.0' in metrics
     assert f'chatbot_engine_up{{model="{MODEL}"}} 1.0' in metrics
+
+
+def test_a_frozen_engine_is_killed_and_restarted(
+    start_server: ServerFactory, data_dir: Path, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "api.log"
+    server = start_server(bundled_model=True, data_dir=data_dir, log_file=log_file)
+    provider = server.app.state.services.registry.get(MODEL).provider
+    frozen_pid = provider.engine_pid
+    assert frozen_pid is not None
+
+    os.kill(frozen_pid, signal.SIGSTOP)  # alive, and answering nothing
+    try:
+        waiting = httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]},
+            timeout=60,
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen_pid, signal.SIGCONT)
+
+    # The request that waited on it ends with the engine, not at its 600 s deadline ...
+    assert waiting.status_code == 503
+    assert waiting.json()["error"]["code"] == "engine_unavailable"
+    frozen = _wait_for(
+        "the supervisor to say why",
+        lambda: [r for r in _records(log_file) if "has not answered" in r["message"]],
+    )
+    assert frozen[0]["pid"] == frozen_pid
+    # ... and a new engine serves.
+    _wait_for("the restarted engine to answer", lambda: _completes(server))
+    assert provider.engine_pid not in (None, frozen_pid)
 
 
 def test_workers_share_one_engine_that_survives_a_kill(tmp_path: Path, data_dir: Path) -> None:

@@ -287,8 +287,9 @@ def test_full_slots_and_queue_answer_503(sdk: openai.OpenAI, llama_server: LiveS
             "stream": True,
             "max_tokens": 100,
             # No newline (107, 108: where a transcript's stop strings begin), no end of text
-            # (1) or turn (106): the sequence runs its 100 tokens and keeps the slot.
-            "logit_bias": {"107": -100, "108": -100, "1": -100, "106": -100},
+            # (1), turn (106) or "</s>" (212, llama.cpp ends on it too): the sequence runs its 100
+            # tokens and keeps the slot.
+            "logit_bias": {"107": -100, "108": -100, "1": -100, "106": -100, "212": -100},
         },
     ) as busy:
         # Keep the iterator: a discarded one is closed, which closes the stream, which (as it

@@ -5,7 +5,10 @@ The supervisor runs in the process that owns the engines: ``chatbot-api serve``'
 started some other way. It keeps the engine's standard input open; closing it is how the
 engine is told to stop, and how it learns that its supervisor died. When the engine exits on
 its own (a C++ abort, the kernel's OOM killer, a failed decode loop), the supervisor logs the
-cause and starts a new one after a backoff that grows while the engine keeps dying.
+cause and starts a new one after a backoff that grows while the engine keeps dying. An engine
+that stops answering without exiting (frozen by a signal, or its event loop stuck) is found by
+a probe every few seconds, which connects to its socket as a worker does and waits for its
+greeting: one that does not come in time gets the engine killed, and restarted as above.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import msgspec
 
 from chatbot_api.providers.llama.config import LlamaCppConfig
-from chatbot_api.providers.llama.protocol import EngineSpec
+from chatbot_api.providers.llama.protocol import EngineSpec, read_frame
 
 __all__ = [
     "EngineLogging",
@@ -40,6 +43,9 @@ logger = logging.getLogger(__name__)
 _BACKOFF = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 #: How long a stopped engine may take to exit before it is killed.
 _STOP_SECONDS = 10.0
+#: How often a running engine is probed, and how long it has to greet the probe.
+_PROBE_SECONDS = 5.0
+_ANSWER_SECONDS = 10.0
 
 
 class EngineStartError(RuntimeError):
@@ -168,7 +174,7 @@ class EngineSupervisor:
             process = self._process
             assert process is not None
             started = time.monotonic()
-            returncode = await process.wait()
+            returncode = await self._wait_or_kill_if_frozen(process)
             if time.monotonic() - started >= self._healthy_seconds:
                 died_young = 0
             delay = _BACKOFF[min(died_young, len(_BACKOFF) - 1)]
@@ -191,6 +197,41 @@ class EngineSupervisor:
             except EngineStartError as error:
                 logger.error("%s", error, extra={"model": self.model_id})
                 # The next round waits on the dead process at once and backs off further.
+
+    async def _wait_or_kill_if_frozen(self, process: asyncio.subprocess.Process) -> int:
+        """Wait for the engine to exit, probing it meanwhile; one that stops answering is
+        killed (its requests then fail at once, as when it dies)."""
+        exited = asyncio.ensure_future(process.wait())
+        try:
+            while not (await asyncio.wait({exited}, timeout=_PROBE_SECONDS))[0]:
+                if not await self._answers():
+                    logger.error(
+                        "the engine of model %s has not answered for %g s; killing it",
+                        self.model_id,
+                        _ANSWER_SECONDS,
+                        extra={"model": self.model_id, "pid": process.pid},
+                    )
+                    process.kill()
+                    break
+            return await exited
+        finally:
+            exited.cancel()
+
+    async def _answers(self) -> bool:
+        """Whether the engine greets a new connection in time. A refused or missing socket is
+        an engine on its way out, which its exit will tell."""
+        try:
+            async with asyncio.timeout(_ANSWER_SECONDS):
+                reader, writer = await asyncio.open_unix_connection(str(self.socket))
+                try:
+                    await read_frame(reader)
+                finally:
+                    writer.close()
+        except TimeoutError:
+            return False
+        except OSError:
+            pass
+        return True
 
 
 async def _announced_ready(process: asyncio.subprocess.Process) -> bool:

@@ -26,7 +26,7 @@ _DESCRIPTIONS = {
     403: "The key may not do this: these endpoints need the master key (`permission_denied`).",
     404: "Unknown model (`model_not_found`), stored completion, API key or URL.",
     408: (
-        "The request body did not arrive within `CHATBOT_BODY_TIMEOUT_SECONDS` "
+        "The request headers or body did not arrive within `CHATBOT_BODY_TIMEOUT_SECONDS` "
         "(`request_timeout`); the connection is closed."
     ),
     413: "The request body is larger than `CHATBOT_MAX_BODY_BYTES` (`request_too_large`).",

@@ -18,7 +18,10 @@ from tests.servers import ServerProcess, clean_env
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     scratch = tmp_path_factory.mktemp("head")
+    models = scratch / "models.toml"
+    models.write_text('[models."echo-slow"]\nprovider = "echo"\ntoken_delay = 0.05\n')
     env = clean_env(
+        CHATBOT_MODELS_FILE=str(models),
         CHATBOT_BUNDLED_MODEL="false",
         CHATBOT_DATABASE_URL=f"sqlite+aiosqlite:///{scratch / 'head.db'}",
         CHATBOT_BODY_TIMEOUT_SECONDS="1",
@@ -136,3 +139,28 @@ def test_what_is_not_http_is_a_400_in_the_envelope(
     assert status == 400
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"]["code"] == "invalid_http"
+
+
+def test_a_slow_head_pipelined_behind_a_stream_closes_the_connection_without_a_408_inside_it(
+    server: ServerProcess,
+) -> None:
+    words = " ".join(f"w{n}" for n in range(200))  # 200 pieces, 10 s at 0.05 s each
+    body = json.dumps(
+        {"model": "echo-slow", "stream": True, "messages": [{"role": "user", "content": words}]}
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+            + b"GET /health HTTP/1.1\r\nHost: t\r\n"  # the next request, never finished
+        )
+        conn.settimeout(30)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+
+    assert received.startswith(b"HTTP/1.1 200")
+    assert b"data: " in received
+    assert b"[DONE]" not in received  # cut at the head's deadline, long before its end
+    assert b"HTTP/1.1 408" not in received

@@ -98,8 +98,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(RequestTimeoutError("headers"))
 
     def _refuse(self, error: ChatbotAPIError) -> None:
-        """Answer ``error`` in the envelope and close: the rest of the head is never read."""
+        """Answer ``error`` in the envelope and close: the rest of the head is never read. A
+        head pipelined behind an answer still being sent only closes the connection: another
+        answer cannot be written into the middle of it."""
         self._stop_head_timer()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.transport.close()
+            return
         body = json.dumps(error.to_body().model_dump()).encode()
         head = [
             f"HTTP/1.1 {error.status_code} {_REASONS[error.status_code]}",

@@ -164,3 +164,64 @@ def test_a_slow_head_pipelined_behind_a_stream_closes_the_connection_without_a_4
     assert b"data: " in received
     assert b"[DONE]" not in received  # cut at the head's deadline, long before its end
     assert b"HTTP/1.1 408" not in received
+
+
+def test_bytes_that_are_not_http_behind_a_running_stream_close_it_without_a_400_inside_it(
+    server: ServerProcess,
+) -> None:
+    words = " ".join(f"w{n}" for n in range(200))
+    body = json.dumps(
+        {"model": "echo-slow", "stream": True, "messages": [{"role": "user", "content": words}]}
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        conn.settimeout(30)
+        received = b""
+        while b"data: " not in received:
+            received += conn.recv(65536)
+        conn.sendall(b"\x16\x03\x01\x02\x00\x01\x00")  # mid-stream: not HTTP
+        while chunk := conn.recv(65536):
+            received += chunk
+
+    assert received.startswith(b"HTTP/1.1 200")
+    assert b"[DONE]" not in received
+    assert b"HTTP/1.1 400" not in received
+
+
+def test_trailers_past_the_headers_bound_are_a_431(server: ServerProcess) -> None:
+    body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    trailers = b"".join(f"X-Trailer-{n}: {'t' * 100}\r\n".encode() for n in range(1000))
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n"
+        )
+        time.sleep(0.5)  # the request is under way, its headers counted, when they arrive
+        _send_until_refused(conn, trailers, len(trailers))
+        status, _, answer = _answer(conn)
+
+    assert status == 431
+    assert json.loads(answer)["error"]["code"] == "headers_too_large"
+
+
+def test_a_few_trailers_are_dropped_and_the_request_served(server: ServerProcess) -> None:
+    body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\nX-Checksum: abc\r\n\r\n"
+        )
+        status, _, answer = _answer(conn)
+
+    assert status == 200
+    assert json.loads(answer)["choices"][0]["message"]["content"] == "hi"

@@ -10,6 +10,8 @@ answers, in OpenAI's envelope, and closes the connection:
   without the head ending;
 * 408 when a head has not ended ``CHATBOT_BODY_TIMEOUT_SECONDS`` after the connection
   opened or, on a kept-alive connection, after its first byte arrived;
+* 431 too for more than as many bytes of trailers after a chunked body, which ASGI has no
+  place for and which are dropped (uvicorn would add them to the headers the app was given);
 * 400 for what is not HTTP/1.1 at all (a bad chunk size, two ``Content-Length`` headers, a
   TLS handshake), which uvicorn answers in plain text.
 
@@ -47,6 +49,7 @@ def _head_timeout_seconds() -> float:
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _in_head = True
     _head_bytes = 0
+    _trailer_bytes = 0
     _head_timer: TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -65,12 +68,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if was_in_head and self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEADER_BYTES:
-                self._refuse(RequestHeadersTooLargeError(MAX_HEADER_BYTES))
+                self._refuse_head(RequestHeadersTooLargeError(MAX_HEADER_BYTES))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if not self._in_head:  # the next request on a kept-alive connection
             self._start_head()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            super().on_header(name, value)
+            return
+        # A trailer of a chunked body: dropped, and counted against the headers' bound.
+        self._trailer_bytes += len(name) + len(value)
+        if self._trailer_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            self._refuse(RequestHeadersTooLargeError(MAX_HEADER_BYTES))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -84,6 +96,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _start_head(self) -> None:
         self._in_head = True
         self._head_bytes = 0
+        self._trailer_bytes = 0
         self._stop_head_timer()
         self._head_timer = self.loop.call_later(_head_timeout_seconds(), self._head_too_slow)
 
@@ -95,12 +108,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_too_slow(self) -> None:
         self._head_timer = None
         if self._in_head and not self.transport.is_closing():
-            self._refuse(RequestTimeoutError("headers"))
+            self._refuse_head(RequestTimeoutError("headers"))
+
+    def _refuse_head(self, error: ChatbotAPIError) -> None:
+        """Refuse a head. One pipelined behind a request still being answered only closes the
+        connection: an answer to it written now would be read as the earlier request's."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._stop_head_timer()
+            self.transport.close()
+            return
+        self._refuse(error)
 
     def _refuse(self, error: ChatbotAPIError) -> None:
-        """Answer ``error`` in the envelope and close: the rest of the head is never read. A
-        head pipelined behind an answer still being sent only closes the connection: another
-        answer cannot be written into the middle of it."""
+        """Answer ``error`` in the envelope and close: the rest of the request is never read.
+        An answer already begun is not interrupted by another: the connection only closes."""
         self._stop_head_timer()
         cycle = self.cycle
         if cycle is not None and cycle.response_started and not cycle.response_complete:

@@ -10,10 +10,10 @@ POETRY_VERSION := 2.5.1
 POETRY := .poetry/bin/poetry
 export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
-# llama-cpp-python compiles llama.cpp on install. A native build (-march=native) uses every
-# instruction the CPU lists, AMX included, and on a virtual machine that lists AMX without
-# enabling it that build dies of SIGSEGV on its first decode; the portable build (AVX2, FMA,
-# F16C) runs everywhere, as the Dockerfile's does.
+# llama-cpp-python compiles llama.cpp on install. Its native build (-march=native) of 0.3.36
+# dies of SIGSEGV on its first decode on a Xeon listing AVX-512 and AMX (AMX itself works
+# there: the fault is in llama.cpp's native code paths); the portable build (AVX2, FMA, F16C)
+# runs everywhere, as the Dockerfile's does.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 # Poetry caches the wheels it builds by source archive alone, not by CMAKE_ARGS, so a wheel
 # built with other flags would be taken as it is: ours live in a cache of their own.

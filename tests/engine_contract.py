@@ -25,10 +25,10 @@ from chatbot_api.providers.llama.bundled import prepare_bundled_model
 from chatbot_api.providers.llama.config import LlamaCppConfig
 from chatbot_api.providers.llama.engine import Engine
 from chatbot_api.providers.llama.grammar import Constraint
-from chatbot_api.providers.llama.sampling import SamplingParams
+from chatbot_api.providers.llama.protocol import Sampling
 from chatbot_api.providers.llama.sequence import Done, Emission, Failure, Sequence, SequenceEvent
 
-GREEDY = SamplingParams(
+GREEDY = Sampling(
     temperature=0.0,
     top_p=1.0,
     top_k=0,
@@ -38,8 +38,6 @@ GREEDY = SamplingParams(
     frequency_penalty=0.0,
     seed=1,
     logit_bias={},
-    logprobs=False,
-    top_logprobs=0,
 )
 
 
@@ -91,7 +89,7 @@ def _engine(data_dir: Path, witness: Witness, **config: Any) -> Engine:
 
 def _submit(engine: Engine, number: int, prompt: list[int], **fields: Any) -> Sequence:
     sequence = Sequence(
-        id=number, owner=None, prompt=prompt, params=GREEDY, max_tokens=20, stops=(), **fields
+        id=number, owner=None, prompt=prompt, sampling=GREEDY, max_tokens=20, stops=(), **fields
     )
     engine.reserve()
     engine.submit(sequence)

@@ -230,7 +230,7 @@ class Engine:
                 if sequence.cancelled:
                     continue
                 sequence.seq_id = self._free_ids.pop()
-                sequence.sampler = build_sampler(self.n_vocab, sequence.params)
+                sequence.sampler = build_sampler(self.n_vocab, sequence.sampling)
                 self._active.append(sequence)
             return True
 
@@ -328,7 +328,7 @@ class Engine:
             sequence.constraint.apply(logits)
         token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, index)
         sequence.generated += 1
-        if sequence.params.logprobs:
+        if sequence.logprobs:
             sequence.held_logprobs.append(
                 token_logprob(
                     self._ctx,
@@ -336,7 +336,7 @@ class Engine:
                     self.n_vocab,
                     index,
                     token,
-                    sequence.params.top_logprobs,
+                    sequence.top_logprobs,
                 )
             )
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):
@@ -363,7 +363,7 @@ class Engine:
 
     def _emit(self, sequence: Sequence, text: str) -> None:
         logprobs = None
-        if sequence.params.logprobs:
+        if sequence.logprobs:
             logprobs = tuple(sequence.held_logprobs)
             sequence.held_logprobs.clear()
         self._outbox.append((sequence, Emission(text, logprobs)))

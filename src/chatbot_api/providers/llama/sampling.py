@@ -6,35 +6,22 @@ from __future__ import annotations
 
 import ctypes
 import random
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 import numpy as np
 
 from chatbot_api.providers.base import TokenLogprob, TopLogprob
 
-__all__ = ["SamplingParams", "build_sampler", "token_logprob", "token_piece"]
+if TYPE_CHECKING:
+    from chatbot_api.providers.llama.protocol import Sampling
+
+__all__ = ["build_sampler", "token_logprob", "token_piece"]
 
 _PENALTY_WINDOW = 64
 
 
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    repeat_penalty: float
-    presence_penalty: float
-    frequency_penalty: float
-    seed: int | None
-    logit_bias: dict[int, float]
-    logprobs: bool
-    top_logprobs: int
-
-
-def build_sampler(n_vocab: int, params: SamplingParams) -> Any:
+def build_sampler(n_vocab: int, params: Sampling) -> Any:
     """The chain a sequence samples with; ``llama_sampler_sample`` also accepts the token.
 
     Structured output is not part of the chain: the sequence's grammar bars tokens in the

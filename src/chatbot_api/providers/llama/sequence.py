@@ -19,7 +19,7 @@ from chatbot_api.providers.stop import StopMatcher
 
 if TYPE_CHECKING:
     from chatbot_api.providers.llama.grammar import Constraint
-    from chatbot_api.providers.llama.sampling import SamplingParams
+    from chatbot_api.providers.llama.protocol import Sampling
 
 __all__ = ["Done", "Emission", "Failure", "Sequence", "SequenceEvent"]
 
@@ -51,13 +51,16 @@ class Sequence:
     id: int
     owner: object
     prompt: list[int]
-    params: SamplingParams
+    sampling: Sampling
     max_tokens: int
     stops: tuple[str, ...]
     request_id: str | None = None
     #: Drop leading white space of the reply (a transcript prompt ends in "Assistant:").
     lstrip: bool = False
     constraint: Constraint | None = None
+    #: Return each token's log probability, with this many alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     cancelled: bool = False
 

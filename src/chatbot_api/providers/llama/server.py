@@ -50,7 +50,6 @@ from chatbot_api.providers.llama.protocol import (
     encode,
     read_frame,
 )
-from chatbot_api.providers.llama.sampling import SamplingParams
 from chatbot_api.providers.llama.sequence import Done, Emission, Sequence, SequenceEvent
 
 __all__ = ["EngineServer", "main"]
@@ -245,29 +244,18 @@ class EngineServer:
         constraint = None
         if message.grammar is not None:
             constraint = await self.compiler.constraint(message.grammar)
-        sampling = message.sampling
         return Sequence(
             id=message.id,
             owner=connection,
             prompt=tokens,
-            params=SamplingParams(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k,
-                min_p=sampling.min_p,
-                repeat_penalty=sampling.repeat_penalty,
-                presence_penalty=sampling.presence_penalty,
-                frequency_penalty=sampling.frequency_penalty,
-                seed=sampling.seed,
-                logit_bias=sampling.logit_bias,
-                logprobs=message.logprobs,
-                top_logprobs=message.top_logprobs,
-            ),
+            sampling=message.sampling,
             max_tokens=max_tokens,
             stops=tuple(message.stops),
             request_id=message.request_id,
             lstrip=message.lstrip,
             constraint=constraint,
+            logprobs=message.logprobs,
+            top_logprobs=message.top_logprobs,
         )
 
     def _limit(self, asked: int | None, prompt_tokens: int) -> int:

@@ -141,20 +141,31 @@ def test_what_is_not_http_is_a_400_in_the_envelope(
     assert json.loads(body)["error"]["code"] == "invalid_http"
 
 
+def _post(payload: dict[str, object]) -> bytes:
+    body = json.dumps(payload).encode()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+#: A stream of 200 pieces, 10 s at 0.05 s each.
+_SLOW_STREAM = _post(
+    {
+        "model": "echo-slow",
+        "stream": True,
+        "messages": [{"role": "user", "content": " ".join(f"w{n}" for n in range(200))}],
+    }
+)
+
+
 def test_a_slow_head_pipelined_behind_a_stream_closes_the_connection_without_a_408_inside_it(
     server: ServerProcess,
 ) -> None:
-    words = " ".join(f"w{n}" for n in range(200))  # 200 pieces, 10 s at 0.05 s each
-    body = json.dumps(
-        {"model": "echo-slow", "stream": True, "messages": [{"role": "user", "content": words}]}
-    ).encode()
     with socket.create_connection(("127.0.0.1", server.port)) as conn:
-        conn.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-            + b"GET /health HTTP/1.1\r\nHost: t\r\n"  # the next request, never finished
-        )
+        # The next request right behind it, never finished.
+        conn.sendall(_SLOW_STREAM + b"GET /health HTTP/1.1\r\nHost: t\r\n")
         conn.settimeout(30)
         received = b""
         while chunk := conn.recv(65536):
@@ -169,16 +180,8 @@ def test_a_slow_head_pipelined_behind_a_stream_closes_the_connection_without_a_4
 def test_bytes_that_are_not_http_behind_a_running_stream_close_it_without_a_400_inside_it(
     server: ServerProcess,
 ) -> None:
-    words = " ".join(f"w{n}" for n in range(200))
-    body = json.dumps(
-        {"model": "echo-slow", "stream": True, "messages": [{"role": "user", "content": words}]}
-    ).encode()
     with socket.create_connection(("127.0.0.1", server.port)) as conn:
-        conn.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        conn.sendall(_SLOW_STREAM)
         conn.settimeout(30)
         received = b""
         while b"data: " not in received:

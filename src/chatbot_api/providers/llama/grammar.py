@@ -204,10 +204,13 @@ class GrammarCompiler:
         if job.cancelled():
             return
         error = job.exception()  # retrieved: a compile refused for its time may fail later
-        # A schema refused for its time that compiled (or failed) in the end is answered by
-        # that from now on, not by the refusal.
+        # A schema refused for its time that compiled (or was found wanting) in the end is
+        # answered by that from now on, not by the refusal.
         if isinstance(self._cache.get(key), _CompileTimeoutError):
-            self._remember(key, job.result() if error is None else _as_grammar_error(error))
+            if error is None:
+                self._remember(key, job.result())
+            elif isinstance(error, GrammarError):
+                self._remember(key, error)
 
 
 class _CompileTimeoutError(GrammarError):
@@ -218,10 +221,6 @@ class _CompileTimeoutError(GrammarError):
 def _settle(started: asyncio.Future[None]) -> None:
     if not started.done():
         started.set_result(None)
-
-
-def _as_grammar_error(error: BaseException) -> GrammarError:
-    return error if isinstance(error, GrammarError) else GrammarError(_first_line(str(error)))
 
 
 def _build(spec: GrammarSpec, tokenizer: llguidance.LLTokenizer) -> llguidance.LLMatcher:

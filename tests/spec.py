@@ -33,6 +33,14 @@ ROOTS = (
     "ChatCompletionList",
     "ChatCompletionMessageList",
     "ChatCompletionDeleted",
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
+    "TokenCountsResource",
+    "ConversationResource",
+    "ConversationItem",
+    "ConversationItemList",
+    "DeletedConversationResource",
 )
 _URI = "urn:openai-spec"
 _PREFIX = "#/components/schemas/"

@@ -10,10 +10,19 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from chatbot_api import __version__
-from chatbot_api.api import admin, chat, health, metrics, models, stored
+from chatbot_api.api import (
+    admin,
+    chat,
+    conversations,
+    health,
+    metrics,
+    models,
+    responses,
+    stored,
+)
 from chatbot_api.api.deps import authenticate
+from chatbot_api.api.error_docs import drop_validation_422, error_responses
 from chatbot_api.api.error_handlers import install_exception_handlers
-from chatbot_api.api.responses import drop_validation_422, error_responses
 from chatbot_api.config import Settings
 from chatbot_api.db.engine import Database, default_database_url
 from chatbot_api.logs import configure_logging, reset_logging
@@ -28,9 +37,13 @@ from chatbot_api.security.auth import Authenticator
 from chatbot_api.security.hardening import HardeningMiddleware
 from chatbot_api.security.keys import KeyStore
 from chatbot_api.security.rate_limit import RateLimiter
+from chatbot_api.services.background import BackgroundResponses
 from chatbot_api.services.chat import ChatService
+from chatbot_api.services.responses import ResponseService
 from chatbot_api.state import AppServices
 from chatbot_api.store.completions import CompletionStore
+from chatbot_api.store.conversations import ConversationStore
+from chatbot_api.store.responses import ResponseStore
 from chatbot_api.store.writer import UNSTORED_FILE_NAME, StoreWriter
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -115,10 +128,17 @@ def create_app(
                 store_by_default=settings.store_by_default,
                 reserve_tokens=settings.rate_limit_reserve_tokens,
             )
+            response_service = ResponseService(
+                chat_service, ResponseStore(database), ConversationStore(database)
+            )
+            background = BackgroundResponses(response_service)
+            resources.push_async_callback(background.close)
             app.state.services = AppServices(
                 settings=settings,
                 registry=registry,
                 chat=chat_service,
+                responses=response_service,
+                background=background,
                 database=database,
                 writer=writer,
                 store=store,
@@ -150,6 +170,8 @@ def create_app(
     app.include_router(models.router, dependencies=secured, responses=refusals)
     app.include_router(chat.router, dependencies=secured, responses=refusals)
     app.include_router(stored.router, dependencies=secured, responses=refusals)
+    app.include_router(responses.router, dependencies=secured, responses=refusals)
+    app.include_router(conversations.router, dependencies=secured, responses=refusals)
     app.include_router(admin.router, dependencies=secured, responses=refusals)
     if settings.cors_origins:
         app.add_middleware(

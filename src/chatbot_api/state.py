@@ -10,7 +10,9 @@ from chatbot_api.providers.registry import ModelRegistry
 from chatbot_api.security.auth import Authenticator
 from chatbot_api.security.keys import KeyStore
 from chatbot_api.security.rate_limit import RateLimiter
+from chatbot_api.services.background import BackgroundResponses
 from chatbot_api.services.chat import ChatService
+from chatbot_api.services.responses import ResponseService
 from chatbot_api.store.completions import CompletionStore
 from chatbot_api.store.writer import StoreWriter
 
@@ -22,6 +24,8 @@ class AppServices:
     settings: Settings
     registry: ModelRegistry
     chat: ChatService
+    responses: ResponseService
+    background: BackgroundResponses
     database: Database
     writer: StoreWriter
     store: CompletionStore

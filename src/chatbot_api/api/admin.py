@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot_api.api.deps import PrincipalDep, ServicesDep
+from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
-from chatbot_api.api.responses import error_responses
 from chatbot_api.errors import InvalidRequestError, NotFoundError
 from chatbot_api.security.keys import parse_duration
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
+from chatbot_api.api.connection import while_connected
 from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address, request_id
+from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
-from chatbot_api.api.responses import error_responses
-from chatbot_api.errors import ClientClosedRequestError, DeadlineExceededError
+from chatbot_api.errors import DeadlineExceededError
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletion
 from chatbot_api.security.rate_limit import settle_after
@@ -22,8 +20,6 @@ from chatbot_api.services.stream_end import end_in_time
 
 __all__ = ["router"]
 
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: How much longer than our grace period sse-starlette waits before it cancels a stream.
 _BACKSTOP_SECONDS = 2.0
@@ -77,7 +73,7 @@ async def create_chat_completion(
         if body.stream:
             # Until its first token a stream is watched as a JSON answer is: a client that
             # leaves while it waits for a slot, its prompt or its grammar stops it there.
-            stream = await _while_connected(
+            stream = await while_connected(
                 request, chat.open_stream(prepared), deadline - loop.time()
             )
             if stream is None:
@@ -101,9 +97,7 @@ async def create_chat_completion(
                 # Ours ends the stream with an error event; sse-starlette's is the backstop.
                 shutdown_grace_period=grace + _BACKSTOP_SECONDS,
             )
-        completion = await _while_connected(
-            request, chat.complete(prepared), deadline - loop.time()
-        )
+        completion = await while_connected(request, chat.complete(prepared), deadline - loop.time())
         if completion is None:
             raise DeadlineExceededError(settings.request_timeout_seconds)
     except Exception:
@@ -111,34 +105,3 @@ async def create_chat_completion(
         raise
     await quota.settle(completion.usage.total_tokens)
     return Response(completion.body, media_type="application/json", headers=quota.headers)
-
-
-async def _while_connected(
-    request: Request, work: Coroutine[Any, Any, T], time_left: float
-) -> T | None:
-    """Run ``work`` while the client waits for it: None once ``time_left`` passes, and
-    :class:`ClientClosedRequestError` if the client leaves first (its generation stopped).
-    A stream learns of a departure from sse-starlette once it has begun; before that, and
-    a JSON answer throughout, only from here."""
-    finished = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({finished, gone}, timeout=time_left, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not finished.done():
-            finished.cancel()
-            await asyncio.wait({finished})
-    if not finished.cancelled():
-        return finished.result()
-    if gone.done() and not gone.cancelled():
-        logger.info("client disconnected; generation stopped")
-        raise ClientClosedRequestError()
-    logger.warning("ended at its deadline; generation stopped")
-    return None
-
-
-async def _disconnected(request: Request) -> None:
-    """Return when the client closes the connection (the body was read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass  # pragma: no cover - after the body, servers (uvicorn too) send only a disconnect

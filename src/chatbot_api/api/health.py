@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from chatbot_api.api.responses import bodiless_responses, error_responses
+from chatbot_api.api.error_docs import bodiless_responses, error_responses
 from chatbot_api.errors import NotReadyError
 from chatbot_api.state import AppServices
 

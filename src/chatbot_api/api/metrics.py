@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from chatbot_api.api.deps import ServicesDep, authenticate
-from chatbot_api.api.responses import error_responses
+from chatbot_api.api.error_docs import error_responses
 from chatbot_api.metrics import exposition
 
 __all__ = ["router"]

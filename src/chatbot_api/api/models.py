@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from chatbot_api.api.deps import PrincipalDep, ServicesDep
-from chatbot_api.api.responses import error_responses
+from chatbot_api.api.error_docs import error_responses
 from chatbot_api.errors import ModelNotFoundError
 from chatbot_api.providers.registry import ModelSpec
 from chatbot_api.schemas.models import ListModelsResponse, Model

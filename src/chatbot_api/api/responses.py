@@ -1,83 +1,198 @@
-"""OpenAPI descriptions of the error answers routes share.
-
-The document declares every status a route can answer, so that a client generated from it
-(and schemathesis, which checks the server against it) knows them all: each route lists its
-own, ``create_app`` adds 401 and 429 to the routes behind a key and 431 and 500 to every one.
-"""
+"""OpenAI's Responses API: create (JSON, SSE or in the background), retrieve, delete, cancel,
+list input items, count input tokens."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
+import anyio
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
 
-from chatbot_api.schemas.errors import ErrorResponse
-from chatbot_api.security.hardening import MAX_HEADER_BYTES
+from chatbot_api.api.connection import while_connected
+from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address, request_id
+from chatbot_api.api.error_docs import error_responses
+from chatbot_api.api.json_body import JSONBodyRoute
+from chatbot_api.errors import DeadlineExceededError
+from chatbot_api.schemas.response_objects import (
+    InputTokens,
+    ResponseDeleted,
+    ResponseItemList,
+    ResponseObject,
+)
+from chatbot_api.schemas.responses import CreateResponseRequest, InputTokensRequest
+from chatbot_api.security.rate_limit import settle_after
+from chatbot_api.services.stream_end import end_in_time
 
-__all__ = ["bodiless_responses", "drop_validation_422", "error_responses"]
+__all__ = ["router"]
 
-_DESCRIPTIONS = {
-    400: (
-        "Invalid request: a field or query parameter is missing, malformed or out of range "
-        "(`param` names it), or the body is not a JSON object (`invalid_json`)."
+#: How much longer than our grace period sse-starlette waits before it cancels a stream.
+_BACKSTOP_SECONDS = 2.0
+
+router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
+
+ResponseId = Annotated[str, Path(description="The id of a stored response.")]
+After = Annotated[str | None, Query(description="The last id of the previous page.")]
+Limit = Annotated[int, Query(ge=1, le=100, description="How many to return (1 to 100).")]
+Order = Annotated[Literal["asc", "desc"], Query(description="Oldest (`asc`) or newest first.")]
+
+_STREAM_DOC = {
+    "description": (
+        "With `stream: true`: Server-Sent Events, each `event: <type>` and `data: <event "
+        "JSON>` with a `sequence_number`: `response.created`, `response.in_progress`, then per "
+        "output item `response.output_item.added`, `response.content_part.added`, "
+        "`response.output_text.delta`... (`response.function_call_arguments.delta`... for a "
+        "function call), their `.done` events, and last `response.completed`, "
+        "`response.incomplete` (cut at `max_output_tokens`) or `response.failed`."
     ),
-    401: "Missing or invalid API key (`invalid_api_key`).",
-    403: "The key may not do this: these endpoints need the master key (`permission_denied`).",
-    404: "Unknown model (`model_not_found`), stored completion, API key or URL.",
-    408: (
-        "The request headers or body did not arrive within `CHATBOT_BODY_TIMEOUT_SECONDS` "
-        "(`request_timeout`); the connection is closed."
-    ),
-    413: "The request body is larger than `CHATBOT_MAX_BODY_BYTES` (`request_too_large`).",
-    429: (
-        "Over the caller's requests or tokens per minute, or too many failed authentications "
-        "from this address (`rate_limit_exceeded`); `Retry-After` and `retry-after-ms` say "
-        "when to retry."
-    ),
-    431: f"The request headers are over {MAX_HEADER_BYTES} bytes in all (`headers_too_large`).",
-    500: "Unexpected failure; the message carries the request id.",
-    502: "The upstream model service failed (`upstream_error`).",
-    503: (
-        "Cannot serve right now: no capacity (`server_overloaded`), a model's engine restarting "
-        "(`engine_unavailable`), the database not answering (`database_unavailable`) or a "
-        "stream cut short by a shutdown (`server_shutting_down`); `Retry-After` says when to "
-        "retry."
-    ),
-    504: "The upstream model service did not answer in time (`upstream_timeout`).",
+    "content": {
+        "text/event-stream": {
+            "example": (
+                'event: response.created\ndata: {"type":"response.created","sequence_number":0,'
+                '"response":{"id":"resp_1","object":"response","status":"in_progress"}}\n\n'
+            )
+        }
+    },
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """FastAPI's ``responses=`` for these statuses, each with the error envelope's schema."""
-    return {
-        status: {"model": ErrorResponse, "description": _DESCRIPTIONS[status]}
-        for status in statuses
-    }
+@router.post(
+    "",
+    summary="Create a model response",
+    response_model=ResponseObject,
+    responses={200: _STREAM_DOC, **error_responses(400, 404, 408, 413, 502, 503, 504)},
+)
+async def create_response(
+    body: CreateResponseRequest, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    """A `response` object, a stream of its events, or (`background: true`) the response
+    `queued`, generated while the client is free to go.
 
-
-def bodiless_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The same for a ``HEAD`` route, whose answers carry headers only."""
-    return {status: {"description": _DESCRIPTIONS[status]} for status in statuses}
-
-
-def drop_validation_422(app: FastAPI) -> None:
-    """FastAPI documents a 422 on every route with a body; ours answers 400 in the envelope."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
+    The context is read from the store: the chain behind `previous_response_id`, or the
+    items of `conversation`. The turn is stored (unless `store: false`) before the answer is
+    sent, so it can be continued at once from any worker or server sharing the database.
+    """
+    settings = services.settings
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.request_timeout_seconds
+    responses = services.responses
+    prepared = await responses.prepare(body, principal, request_id=request_id(request))
+    quota = await services.limiter.admit(
+        principal, client_address(request), tokens=prepared.chat.reserved_tokens
+    )
+    try:
+        if body.background:
+            queued = await services.background.start(prepared, quota.settle)
+            return JSONResponse(queued, headers=quota.headers)
+        if body.stream:
+            stream = await while_connected(
+                request, responses.open_stream(prepared), deadline - loop.time()
             )
-            for path in schema.get("paths", {}).values():
-                for operation in path.values():
-                    operation.get("responses", {}).pop("422", None)
-            for name in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(name, None)
-            app.openapi_schema = schema
-        return app.openapi_schema
+            if stream is None:
+                raise DeadlineExceededError(settings.request_timeout_seconds)
+            shutdown = anyio.Event()
+            grace = settings.shutdown_grace_seconds
+            events = end_in_time(
+                settle_after(stream, quota),
+                stream,
+                deadline=deadline,
+                timeout_seconds=settings.request_timeout_seconds,
+                shutdown=shutdown,
+                grace_seconds=grace,
+            )
+            return EventSourceResponse(
+                events,
+                sep="\n",
+                ping=settings.sse_ping_seconds,
+                headers=quota.headers,
+                shutdown_event=shutdown,
+                shutdown_grace_period=grace + _BACKSTOP_SECONDS,
+            )
+        built = await while_connected(request, responses.complete(prepared), deadline - loop.time())
+        if built is None:
+            raise DeadlineExceededError(settings.request_timeout_seconds)
+    except Exception:
+        await quota.settle(0)  # refused before generating: nothing was used
+        raise
+    await quota.settle(built.input_tokens + built.output_tokens)
+    return JSONResponse(built.response(), headers=quota.headers)
 
-    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+@router.post(
+    "/input_tokens",
+    summary="Count a response's input tokens",
+    response_model=InputTokens,
+    responses=error_responses(400, 404, 408, 413, 502, 503),
+)
+async def count_input_tokens(
+    body: InputTokensRequest, services: ServicesDep, principal: PrincipalDep
+) -> JSONResponse:
+    """How many tokens the model would read for this input (with its instructions, tools and
+    the stored context it names), counted with the model's own tokenizer where it has one."""
+    count = await services.responses.count_input_tokens(body, principal)
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
+
+
+@router.get(
+    "/{response_id}",
+    summary="Retrieve a model response",
+    response_model=ResponseObject,
+    responses=error_responses(404, 503),
+)
+async def retrieve_response(
+    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep
+) -> JSONResponse:
+    """A stored response as it stands: a background one shows its progress."""
+    return JSONResponse(await services.responses.responses.get(principal.owner, response_id))
+
+
+@router.delete(
+    "/{response_id}",
+    summary="Delete a model response",
+    response_model=ResponseDeleted,
+    responses=error_responses(404, 503),
+)
+async def delete_response(
+    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep
+) -> JSONResponse:
+    """Deletes the response and its items; items that a conversation holds stay there."""
+    return JSONResponse(await services.responses.responses.delete(principal.owner, response_id))
+
+
+@router.post(
+    "/{response_id}/cancel",
+    summary="Cancel a background response",
+    response_model=ResponseObject,
+    responses=error_responses(400, 404, 503),
+)
+async def cancel_response(
+    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep
+) -> JSONResponse:
+    """Stops a `background` response that is still queued or in progress (`cancelled`); a
+    finished one is returned as it is."""
+    return JSONResponse(await services.background.cancel(principal.owner, response_id))
+
+
+@router.get(
+    "/{response_id}/input_items",
+    summary="List a response's input items",
+    response_model=ResponseItemList,
+    responses=error_responses(400, 404, 503),
+)
+async def list_input_items(
+    response_id: ResponseId,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    after: After = None,
+    limit: Limit = 20,
+    order: Order = "desc",
+) -> JSONResponse:
+    """The items this response's request sent (not the earlier turns it continued), paged;
+    newest first unless `order=asc`, as OpenAI's."""
+    page = await services.responses.responses.input_items(
+        principal.owner, response_id, after=after, limit=limit, order=order
+    )
+    wire: dict[str, Any] = page.to_wire()
+    return JSONResponse(wire)

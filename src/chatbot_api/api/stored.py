@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from chatbot_api.api.deps import PrincipalDep, ServicesDep
+from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
-from chatbot_api.api.responses import error_responses
 from chatbot_api.errors import InvalidRequestError
 from chatbot_api.schemas.stored import (
     ChatCompletionDeleted,

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from chatbot_api import metrics
 from chatbot_api.config import Settings
@@ -296,7 +296,7 @@ def _refusal(quota: Quota, limit: Literal["requests", "tokens"], tokens: int) ->
 class StreamedUsage(Protocol):
     """A stream whose usage is known once it ends (``services.chat.ChatStream``)."""
 
-    payloads: AsyncIterator[str]
+    payloads: AsyncIterator[Any]
 
     @property
     def used_tokens(self) -> int | None: ...
@@ -304,7 +304,7 @@ class StreamedUsage(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def settle_after(stream: StreamedUsage, quota: Quota) -> AsyncIterator[str]:
+async def settle_after(stream: StreamedUsage, quota: Quota) -> AsyncIterator[Any]:
     """Pass a completion's SSE payloads through, settling its tokens once the stream ends.
 
     Closed early (at a ``yield``), it closes the stream too: an async generator left

@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import TypeAdapter
 
@@ -88,7 +89,7 @@ class Completion:
 class ChatStream:
     """A streamed completion: its SSE payloads, and its usage once the provider reports it."""
 
-    payloads: AsyncIterator[str]
+    payloads: AsyncIterator[Any]
 
     def __init__(self) -> None:
         #: Filled in by the stream when the provider reports usage; None if it never did.
@@ -99,6 +100,10 @@ class ChatStream:
     @property
     def used_tokens(self) -> int | None:
         return None if self.usage is None else self.usage.total_tokens
+
+    def ending(self, error: ChatbotAPIError) -> list[Any]:
+        """The last payloads of a stream the server ends early with ``error``."""
+        return [error.to_body().model_dump_json(), "[DONE]"]
 
     async def aclose(self) -> None:
         """Stop the stream, and its generation, now (a no-op once it has ended). Its owner
@@ -191,7 +196,7 @@ class ChatService:
         place = self._store.reserve() if chat.store else None
         try:
             assembly = chat.assembly()
-            async for event in self._events(chat):
+            async for event in self.events(chat):
                 assembly.add(event)
                 if isinstance(event, Usage):
                     _record_usage(event)
@@ -211,7 +216,7 @@ class ChatService:
         proper status code, not as an error event inside a 200.
         """
         place = self._store.reserve() if chat.store else None  # see complete()
-        events = self._events(chat)
+        events = self.events(chat)
         try:
             first = await anext(aiter(events), None)
         except BaseException:
@@ -298,7 +303,9 @@ class ChatService:
             await _close(events)
         yield "[DONE]"
 
-    def _events(self, chat: PreparedChat) -> AsyncIterator[GenerationEvent]:
+    def events(self, chat: PreparedChat) -> AsyncIterator[GenerationEvent]:
+        """The provider's events for ``chat`` (its choices fanned out when the provider runs
+        one at a time), measured for the metrics."""
         if len(chat.generations) == 1:
             events = chat.provider.generate(chat.generations[0])
         else:

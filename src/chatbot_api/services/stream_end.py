@@ -5,7 +5,8 @@ over.
 Until then chunks pass straight through. Each next chunk is awaited only until the nearer of
 the two times; a stream still running then is stopped (which stops its generation), its
 :class:`~chatbot_api.services.chat.ChatStream` notes why for the log, and the client is told
-with an error event and ``[DONE]``, so that it knows the answer was cut short and can retry.
+with the stream's own ending (a chat stream's error event and ``[DONE]``, a response's
+``response.failed``), so that it knows the answer was cut short and can retry.
 
 sse-starlette notices the server's shutdown (uvicorn's SIGTERM handling) and sets the
 response's ``shutdown_event``; it force-cancels the stream only after its own grace period,
@@ -30,21 +31,21 @@ logger = logging.getLogger(__name__)
 
 
 async def end_in_time(
-    payloads: AsyncIterator[str],
+    payloads: AsyncIterator[Any],
     stream: ChatStream,
     *,
     deadline: float,
     timeout_seconds: float,
     shutdown: anyio.Event,
     grace_seconds: float,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[Any]:
     """``payloads`` until they end, ``deadline`` (event-loop time) passes, or the grace
     period after ``shutdown`` is over."""
     iterator = aiter(payloads)
     loop = asyncio.get_running_loop()
     shutdown_at: float | None = None
     waiting_for_shutdown = asyncio.ensure_future(shutdown.wait())
-    step: asyncio.Future[str] | None = None
+    step: asyncio.Future[Any] | None = None
     try:
         while True:
             if step is None:
@@ -74,8 +75,8 @@ async def end_in_time(
                     error = DeadlineExceededError(timeout_seconds)
                 logger.warning("%s; stopping a stream that was still running", stream.ended)
                 await _stop(step)
-                yield error.to_body().model_dump_json()
-                yield "[DONE]"
+                for payload in stream.ending(error):
+                    yield payload
                 return
             # else the shutdown began: look again with the grace period's end in view
     finally:
@@ -94,7 +95,7 @@ async def end_in_time(
             await aclose()
 
 
-async def _stop(step: asyncio.Future[str]) -> None:
+async def _stop(step: asyncio.Future[Any]) -> None:
     """Cancel a step and wait until it is over, whatever it ends with."""
     step.cancel()
     await asyncio.wait({step})

@@ -9,50 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import RowMapping, Select, delete, select, update
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatbot_api.db.engine import Database
 from chatbot_api.db.tables import StoredCompletion
 from chatbot_api.errors import DatabaseUnavailableError, NotFoundError
+from chatbot_api.store.access import Order, Page, matchable, reading, writing
 from chatbot_api.store.writer import CompletionRecord, QueuePlace, StoreWriter
 
 __all__ = ["CompletionStore", "Page"]
 
-Order = Literal["asc", "desc"]
-
-logger = logging.getLogger(__name__)
-
 #: How long a read waits for earlier writes before answering 503.
 _CATCH_UP_SECONDS = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    data: list[dict[str, Any]]
-    has_more: bool
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": self.data,
-            "first_id": self.data[0]["id"] if self.data else None,
-            "last_id": self.data[-1]["id"] if self.data else None,
-            "has_more": self.has_more,
-        }
-
-
-def _matchable(*values: str | None) -> bool:
-    """False when a lookup value holds NUL: nothing stored can, and PostgreSQL would refuse
-    the query (a 503 that blames the database for the client's input)."""
-    return not any(value is not None and "\x00" in value for value in values)
 
 
 def _not_found(completion_id: str) -> NotFoundError:
@@ -104,24 +74,6 @@ class CompletionStore:
         except TimeoutError:
             raise DatabaseUnavailableError() from None
 
-    @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._database.read() as connection:
-                yield connection
-        except (SQLAlchemyError, OSError) as exc:
-            logger.warning("database read failed", extra={"error": str(exc).splitlines()[0]})
-            raise DatabaseUnavailableError() from None
-
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._database.write() as connection:
-                yield connection
-        except (SQLAlchemyError, OSError) as exc:
-            logger.warning("database write failed", extra={"error": str(exc).splitlines()[0]})
-            raise DatabaseUnavailableError() from None
-
     async def list(
         self,
         owner: str,
@@ -132,7 +84,7 @@ class CompletionStore:
         limit: int,
         order: Order,
     ) -> Page:
-        if not _matchable(model, after, *metadata, *metadata.values()):
+        if not matchable(model, after, *metadata, *metadata.values()):
             return Page([], has_more=False)
         await self._caught_up()
         query = select(StoredCompletion).where(StoredCompletion.owner == owner)
@@ -142,7 +94,7 @@ class CompletionStore:
             query = query.where(StoredCompletion.metadata_[key].as_string() == value)
         query = await self._after(query, owner, after, order)
         ordering = StoredCompletion.seq.asc() if order == "asc" else StoredCompletion.seq.desc()
-        async with self._reading() as connection:
+        async with reading(self._database) as connection:
             rows = (await connection.execute(query.order_by(ordering).limit(limit + 1))).all()
         page = [_completion(row._mapping) for row in rows[:limit]]
         return Page(page, has_more=len(rows) > limit)
@@ -162,13 +114,13 @@ class CompletionStore:
         return query.where(StoredCompletion.seq < cursor)
 
     async def _row(self, owner: str, completion_id: str) -> RowMapping:
-        if not _matchable(completion_id):
+        if not matchable(completion_id):
             raise _not_found(completion_id)
         await self._caught_up()
         query = select(StoredCompletion).where(
             StoredCompletion.owner == owner, StoredCompletion.id == completion_id
         )
-        async with self._reading() as connection:
+        async with reading(self._database) as connection:
             row = (await connection.execute(query)).first()
         if row is None:
             raise _not_found(completion_id)
@@ -180,10 +132,10 @@ class CompletionStore:
     async def update_metadata(
         self, owner: str, completion_id: str, metadata: dict[str, str] | None
     ) -> dict[str, Any]:
-        if not _matchable(completion_id):
+        if not matchable(completion_id):
             raise _not_found(completion_id)
         await self._caught_up()
-        async with self._writing() as connection:
+        async with writing(self._database) as connection:
             result = await connection.execute(
                 update(StoredCompletion)
                 .where(StoredCompletion.owner == owner, StoredCompletion.id == completion_id)
@@ -194,10 +146,10 @@ class CompletionStore:
         return await self.get(owner, completion_id)
 
     async def delete(self, owner: str, completion_id: str) -> dict[str, Any]:
-        if not _matchable(completion_id):
+        if not matchable(completion_id):
             raise _not_found(completion_id)
         await self._caught_up()
-        async with self._writing() as connection:
+        async with writing(self._database) as connection:
             result = await connection.execute(
                 delete(StoredCompletion).where(
                     StoredCompletion.owner == owner, StoredCompletion.id == completion_id

@@ -1,0 +1,177 @@
+"""OpenAI's Conversations API: conversations and their items, scoped to the caller's key."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from chatbot_api.api.deps import PrincipalDep, ServicesDep
+from chatbot_api.api.error_docs import error_responses
+from chatbot_api.api.json_body import JSONBodyRoute
+from chatbot_api.schemas.response_objects import (
+    ConversationDeleted,
+    ConversationItemList,
+    ConversationObject,
+    CreateConversationRequest,
+    CreateItemsRequest,
+    UpdateConversationRequest,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/v1/conversations",
+    tags=["conversations"],
+    route_class=JSONBodyRoute,
+    # Every route reads or changes the database.
+    responses=error_responses(503),
+)
+
+ConversationId = Annotated[str, Path(description="The id of a conversation.")]
+ItemId = Annotated[str, Path(description="The id of an item of the conversation.")]
+After = Annotated[str | None, Query(description="The last id of the previous page.")]
+Limit = Annotated[int, Query(ge=1, le=100, description="How many to return (1 to 100).")]
+Order = Annotated[Literal["asc", "desc"], Query(description="Oldest (`asc`) or newest first.")]
+
+
+@router.post(
+    "",
+    summary="Create a conversation",
+    response_model=ConversationObject,
+    responses=error_responses(400, 408, 413),
+)
+async def create_conversation(
+    services: ServicesDep, principal: PrincipalDep, body: CreateConversationRequest | None = None
+) -> JSONResponse:
+    """A new conversation, with up to 20 initial `items` and `metadata`."""
+    body = body or CreateConversationRequest()
+    created = await services.responses.create_conversation(
+        principal.owner, body.metadata or {}, body.items or []
+    )
+    return JSONResponse(created)
+
+
+@router.get(
+    "/{conversation_id}",
+    summary="Retrieve a conversation",
+    response_model=ConversationObject,
+    responses=error_responses(404),
+)
+async def retrieve_conversation(
+    conversation_id: ConversationId, services: ServicesDep, principal: PrincipalDep
+) -> JSONResponse:
+    return JSONResponse(
+        await services.responses.conversations.get(principal.owner, conversation_id)
+    )
+
+
+@router.post(
+    "/{conversation_id}",
+    summary="Update a conversation's metadata",
+    response_model=ConversationObject,
+    responses=error_responses(400, 404, 408, 413),
+)
+async def update_conversation(
+    conversation_id: ConversationId,
+    body: UpdateConversationRequest,
+    services: ServicesDep,
+    principal: PrincipalDep,
+) -> JSONResponse:
+    """Replaces `metadata`."""
+    updated = await services.responses.conversations.update(
+        principal.owner, conversation_id, body.metadata
+    )
+    return JSONResponse(updated)
+
+
+@router.delete(
+    "/{conversation_id}",
+    summary="Delete a conversation",
+    response_model=ConversationDeleted,
+    responses=error_responses(404),
+)
+async def delete_conversation(
+    conversation_id: ConversationId, services: ServicesDep, principal: PrincipalDep
+) -> JSONResponse:
+    """Deletes the conversation and its items; items of stored responses stay with them."""
+    deleted = await services.responses.conversations.delete(principal.owner, conversation_id)
+    return JSONResponse(deleted)
+
+
+@router.get(
+    "/{conversation_id}/items",
+    summary="List a conversation's items",
+    response_model=ConversationItemList,
+    responses=error_responses(400, 404),
+)
+async def list_items(
+    conversation_id: ConversationId,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    after: After = None,
+    limit: Limit = 20,
+    order: Order = "desc",
+) -> JSONResponse:
+    """The conversation's items, paged; newest first unless `order=asc`, as OpenAI's."""
+    page = await services.responses.conversations.list_items(
+        principal.owner, conversation_id, after=after, limit=limit, order=order
+    )
+    wire: dict[str, Any] = page.to_wire()
+    return JSONResponse(wire)
+
+
+@router.post(
+    "/{conversation_id}/items",
+    summary="Add items to a conversation",
+    response_model=ConversationItemList,
+    responses=error_responses(400, 404, 408, 413),
+)
+async def create_items(
+    conversation_id: ConversationId,
+    body: CreateItemsRequest,
+    services: ServicesDep,
+    principal: PrincipalDep,
+) -> JSONResponse:
+    """Appends up to 20 items; the answer lists them as stored, with their ids."""
+    added = await services.responses.add_conversation_items(
+        principal.owner, conversation_id, body.items
+    )
+    return JSONResponse(added)
+
+
+@router.get(
+    "/{conversation_id}/items/{item_id}",
+    summary="Retrieve an item of a conversation",
+    responses=error_responses(404),
+)
+async def retrieve_item(
+    conversation_id: ConversationId,
+    item_id: ItemId,
+    services: ServicesDep,
+    principal: PrincipalDep,
+) -> JSONResponse:
+    item = await services.responses.conversations.get_item(
+        principal.owner, conversation_id, item_id
+    )
+    return JSONResponse(item)
+
+
+@router.delete(
+    "/{conversation_id}/items/{item_id}",
+    summary="Delete an item from a conversation",
+    response_model=ConversationObject,
+    responses=error_responses(404),
+)
+async def delete_item(
+    conversation_id: ConversationId,
+    item_id: ItemId,
+    services: ServicesDep,
+    principal: PrincipalDep,
+) -> JSONResponse:
+    """Takes the item out of the conversation; the conversation is returned."""
+    conversation = await services.responses.conversations.delete_item(
+        principal.owner, conversation_id, item_id
+    )
+    return JSONResponse(conversation)

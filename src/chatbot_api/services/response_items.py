@@ -1,0 +1,176 @@
+"""Items of the Responses and Conversations APIs: the validated input in the form they are
+stored and returned in (with ids and statuses), and a context of items as chat messages.
+
+A model reads a context as chat messages: a user, system or developer message as itself,
+earlier answers as assistant messages, consecutive function calls as one assistant message
+with ``tool_calls`` and each call's output as a ``tool`` message.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from chatbot_api.schemas.responses import (
+    AssistantInputMessage,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    InputItem,
+    InputMessage,
+    InputTextPart,
+    ItemReference,
+    OutputTextPart,
+    ReasoningItem,
+    RefusalPart,
+)
+
+__all__ = ["context_messages", "new_id", "stored_items"]
+
+Item = dict[str, Any]
+
+
+def new_id(prefix: str) -> str:
+    """``prefix_`` and 32 hex digits that sort by time (milliseconds first, then random)."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def _parts(content: str | list[Any], *, kind: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [_text_part(kind, content)]
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, InputTextPart | OutputTextPart):
+            parts.append(_text_part(part.type, part.text))
+        elif isinstance(part, RefusalPart):
+            parts.append({"type": "refusal", "refusal": part.refusal})
+        else:
+            parts.append(part.model_dump(exclude_none=True))
+    return parts
+
+
+def _text_part(kind: str, text: str) -> dict[str, Any]:
+    if kind == "output_text":
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {"type": "input_text", "text": text}
+
+
+def stored_items(items: Sequence[InputItem], references: dict[str, Item]) -> list[Item]:
+    """Input items as they are stored and listed: each with an id and a status.
+
+    ``references`` holds the stored items that ``item_reference`` entries name; they are
+    taken as they were stored.
+    """
+    out: list[Item] = []
+    for item in items:
+        if isinstance(item, InputMessage):
+            out.append(
+                {
+                    "type": "message",
+                    "id": item.id or new_id("msg"),
+                    "status": "completed",
+                    "role": item.role,
+                    "content": _parts(item.content, kind="input_text"),
+                }
+            )
+        elif isinstance(item, AssistantInputMessage):
+            out.append(
+                {
+                    "type": "message",
+                    "id": item.id or new_id("msg"),
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": _parts(item.content, kind="output_text"),
+                }
+            )
+        elif isinstance(item, FunctionCallItem):
+            out.append(
+                {
+                    "type": "function_call",
+                    "id": item.id or new_id("fc"),
+                    "call_id": item.call_id,
+                    "name": item.name,
+                    "arguments": item.arguments,
+                    "status": "completed",
+                }
+            )
+        elif isinstance(item, FunctionCallOutputItem):
+            output: str | list[dict[str, Any]] = (
+                item.output
+                if isinstance(item.output, str)
+                else _parts(item.output, kind="input_text")
+            )
+            out.append(
+                {
+                    "type": "function_call_output",
+                    "id": item.id or new_id("fco"),
+                    "call_id": item.call_id,
+                    "output": output,
+                    "status": "completed",
+                }
+            )
+        elif isinstance(item, ItemReference):
+            out.append(references[item.id])
+        else:
+            assert isinstance(item, ReasoningItem)
+            kept = item.model_dump(exclude_none=True)
+            kept["id"] = item.id or new_id("rs")
+            kept.setdefault("summary", [])
+            out.append(kept)
+    return out
+
+
+def _chat_content(parts: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """A message's content as chat content: plain text when it is only text."""
+    if isinstance(parts, str):
+        return parts
+    if all(p.get("type") in ("input_text", "output_text", "refusal") for p in parts):
+        return "".join(p.get("text") or p.get("refusal") or "" for p in parts)
+    chat_parts: list[dict[str, Any]] = []
+    for part in parts:
+        kind = part.get("type")
+        if kind in ("input_text", "output_text"):
+            chat_parts.append({"type": "text", "text": part.get("text", "")})
+        elif kind == "refusal":
+            chat_parts.append({"type": "text", "text": part.get("refusal", "")})
+        elif kind == "input_image":
+            chat_parts.append({"type": "image_url", "image_url": {"url": part.get("image_url")}})
+        elif kind == "input_audio":
+            chat_parts.append({"type": "input_audio", "input_audio": part.get("input_audio")})
+        else:
+            chat_parts.append(
+                {"type": "file", "file": {k: v for k, v in part.items() if k != "type"}}
+            )
+    return chat_parts
+
+
+def context_messages(instructions: str | None, items: Iterable[Item]) -> list[dict[str, Any]]:
+    """The chat messages a model reads for ``instructions`` and a context of stored items."""
+    messages: list[dict[str, Any]] = []
+    if instructions:
+        messages.append({"role": "developer", "content": instructions})
+    calls: list[dict[str, Any]] | None = None
+    for item in items:
+        kind = item.get("type")
+        if kind == "function_call":
+            if calls is None:
+                calls = []
+                messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+            calls.append(
+                {
+                    "id": item["call_id"],
+                    "type": "function",
+                    "function": {"name": item["name"], "arguments": item["arguments"]},
+                }
+            )
+            continue
+        calls = None
+        if kind == "message":
+            messages.append({"role": item["role"], "content": _chat_content(item["content"])})
+        elif kind == "function_call_output":
+            output = item["output"]
+            text = output if isinstance(output, str) else _chat_content(output)
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
+        # Reasoning items carry another model's hidden reasoning: nothing for ours to read.
+    return messages

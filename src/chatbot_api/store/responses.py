@@ -1,0 +1,386 @@
+"""Responses and their items in the database, always scoped to one owner.
+
+Each response keeps only the items of its own turn (its new input, its output); the context
+of a continuation is the chain of ``previous_response_id`` links walked in the database, and
+a conversation's items are rows that name it. Nothing is copied from turn to turn, so a long
+conversation grows by its new items only.
+
+Writes happen in the request, before the answer is sent: a client that has a response can
+continue from it at once, on any worker or server sharing the database.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatbot_api.db.engine import Database
+from chatbot_api.db.tables import ResponseItem, StoredResponse
+from chatbot_api.errors import InvalidRequestError, NotFoundError
+from chatbot_api.store.access import Order, Page, matchable, reading, writing
+from chatbot_api.store.conversations import (
+    conversation_items,
+    item_page,
+    item_rows,
+    lock_conversation,
+)
+
+__all__ = ["UNFINISHED", "ResponseRecord", "ResponseStore"]
+
+Item = dict[str, Any]
+
+#: Statuses of a response still being generated.
+UNFINISHED = ("queued", "in_progress")
+
+#: What a background response whose server stopped reads as.
+_ABANDONED = {
+    "code": "server_error",
+    "message": (
+        "The server generating this response stopped before it finished (a restart or a "
+        "crash); nothing more will be generated. Create the response again."
+    ),
+}
+
+#: The longest chain of ``previous_response_id`` links followed.
+MAX_CHAIN = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRecord:
+    id: str
+    owner: str
+    model: str
+    created_at: int
+    status: str
+    background: bool
+    previous_response_id: str | None
+    conversation_id: str | None
+    request_id: str | None
+    #: The response object without ``output`` (kept as rows of items).
+    body: dict[str, Any]
+    input_tokens: int
+    output_tokens: int
+    lease_until: int | None = None
+
+
+def _not_found(response_id: str, param: str = "response_id") -> NotFoundError:
+    return NotFoundError(f"No response found with id '{response_id}'.", param=param)
+
+
+def _body_without_output(body: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in body.items() if k != "output"}, separators=(",", ":"))
+
+
+class ResponseStore:
+    def __init__(self, database: Database, *, lease_seconds: int = 15) -> None:
+        self._database = database
+        self.lease_seconds = lease_seconds
+
+    async def save(
+        self,
+        record: ResponseRecord | None,
+        input_items: Sequence[Item],
+        output_items: Sequence[Item],
+        *,
+        owner: str,
+        conversation_id: str | None,
+    ) -> None:
+        """One turn in one transaction: the response (None with ``store: false``) and its
+        items, appended to ``conversation_id`` when it has one."""
+        response_id = record.id if record is not None else None
+        rows = item_rows(
+            input_items,
+            owner=owner,
+            role="input",
+            response_id=response_id,
+            conversation_id=conversation_id,
+        ) + item_rows(
+            output_items,
+            owner=owner,
+            role="output",
+            response_id=response_id,
+            conversation_id=conversation_id,
+        )
+        async with writing(self._database) as connection:
+            if conversation_id is not None:
+                await lock_conversation(connection, owner, conversation_id)
+            if record is not None:
+                await connection.execute(insert(StoredResponse), [self._row(record)])
+            if rows:
+                await connection.execute(insert(ResponseItem), rows)
+
+    @staticmethod
+    def _row(record: ResponseRecord) -> dict[str, Any]:
+        return {
+            "id": record.id,
+            "owner": record.owner,
+            "model": record.model,
+            "created_at": record.created_at,
+            "status": record.status,
+            "background": record.background,
+            "previous_response_id": record.previous_response_id,
+            "conversation_id": record.conversation_id,
+            "request_id": record.request_id,
+            "body_json": _body_without_output(record.body),
+            "input_tokens": record.input_tokens,
+            "output_tokens": record.output_tokens,
+            "lease_until": record.lease_until,
+        }
+
+    async def finish(
+        self,
+        response_id: str,
+        body: dict[str, Any],
+        output_items: Sequence[Item],
+        *,
+        owner: str,
+        conversation_id: str | None,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> bool:
+        """Record a background response's end, unless it was cancelled (or given up) first;
+        False then."""
+        async with writing(self._database) as connection:
+            if conversation_id is not None:
+                await lock_conversation(connection, owner, conversation_id)
+            result = await connection.execute(
+                update(StoredResponse)
+                .where(StoredResponse.id == response_id, StoredResponse.status.in_(UNFINISHED))
+                .values(
+                    status=body["status"],
+                    body_json=_body_without_output(body),
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    lease_until=None,
+                )
+            )
+            if result.rowcount == 0:
+                return False
+            rows = item_rows(
+                output_items,
+                owner=owner,
+                role="output",
+                response_id=response_id,
+                conversation_id=conversation_id,
+            )
+            if rows:
+                await connection.execute(insert(ResponseItem), rows)
+        return True
+
+    async def set_status(self, response_id: str, status: str, lease_until: int | None) -> None:
+        async with writing(self._database) as connection:
+            await connection.execute(
+                update(StoredResponse)
+                .where(StoredResponse.id == response_id, StoredResponse.status.in_(UNFINISHED))
+                .values(status=status, lease_until=lease_until)
+            )
+
+    async def renew(self, response_ids: Sequence[str], lease_until: int) -> set[str]:
+        """Extend the lease of the running ``response_ids``; the ids no longer running
+        (cancelled, or given up by a reader) are returned: their work should stop."""
+        async with writing(self._database) as connection:
+            await connection.execute(
+                update(StoredResponse)
+                .where(StoredResponse.id.in_(response_ids), StoredResponse.status.in_(UNFINISHED))
+                .values(lease_until=lease_until)
+            )
+            running = await connection.execute(
+                select(StoredResponse.id).where(
+                    StoredResponse.id.in_(response_ids), StoredResponse.status.in_(UNFINISHED)
+                )
+            )
+            return set(response_ids) - set(running.scalars())
+
+    async def abandon(self, response_ids: Sequence[str], message: str) -> None:
+        """Mark responses this server can no longer finish as failed (at shutdown)."""
+        error = {"code": "server_error", "message": message}
+        async with writing(self._database) as connection:
+            rows = await connection.execute(
+                select(StoredResponse.id, StoredResponse.body_json).where(
+                    StoredResponse.id.in_(response_ids), StoredResponse.status.in_(UNFINISHED)
+                )
+            )
+            for row in rows.all():
+                body = json.loads(row.body_json)
+                body.update(status="failed", error=error)
+                await connection.execute(
+                    update(StoredResponse)
+                    .where(StoredResponse.id == row.id, StoredResponse.status.in_(UNFINISHED))
+                    .values(status="failed", body_json=json.dumps(body), lease_until=None)
+                )
+
+    async def _response_row(
+        self, connection: AsyncConnection, owner: str, response_id: str, param: str
+    ) -> Any:
+        if not matchable(response_id):
+            raise _not_found(response_id, param)
+        row = (
+            await connection.execute(
+                select(StoredResponse).where(
+                    StoredResponse.id == response_id, StoredResponse.owner == owner
+                )
+            )
+        ).first()
+        if row is None:
+            raise _not_found(response_id, param)
+        return row
+
+    async def get(self, owner: str, response_id: str) -> dict[str, Any]:
+        """The response object with its output, as it stands now."""
+        async with reading(self._database) as connection:
+            row = await self._response_row(connection, owner, response_id, "response_id")
+            output = await connection.execute(
+                select(ResponseItem.item_json)
+                .where(ResponseItem.response_id == response_id, ResponseItem.role == "output")
+                .order_by(ResponseItem.seq)
+            )
+            items = [json.loads(text) for text in output.scalars()]
+        body: dict[str, Any] = json.loads(row.body_json)
+        body["status"] = row.status
+        body["output"] = items
+        lease = row.lease_until
+        if row.status in UNFINISHED and lease is not None and lease < time.time():
+            await self._give_up(response_id)
+            body.update(status="failed", error=_ABANDONED)
+        return body
+
+    async def _give_up(self, response_id: str) -> None:
+        """A background response whose server stopped renewing its lease: failed for good."""
+        async with writing(self._database) as connection:
+            row = (
+                await connection.execute(
+                    select(StoredResponse.body_json).where(
+                        StoredResponse.id == response_id,
+                        StoredResponse.status.in_(UNFINISHED),
+                        StoredResponse.lease_until < int(time.time()),
+                    )
+                )
+            ).first()
+            if row is None:
+                return
+            body = json.loads(row.body_json)
+            body.update(status="failed", error=_ABANDONED)
+            await connection.execute(
+                update(StoredResponse)
+                .where(StoredResponse.id == response_id, StoredResponse.status.in_(UNFINISHED))
+                .values(status="failed", body_json=json.dumps(body), lease_until=None)
+            )
+
+    async def cancel(self, owner: str, response_id: str) -> dict[str, Any]:
+        """Mark a background response cancelled (its server stops it); a finished one is
+        returned as it is."""
+        async with writing(self._database) as connection:
+            row = await self._response_row(connection, owner, response_id, "response_id")
+            if not row.background:
+                raise InvalidRequestError(
+                    "Only responses created with 'background': true can be cancelled.",
+                    param="response_id",
+                    code="invalid_value",
+                )
+            if row.status in UNFINISHED:
+                body = json.loads(row.body_json)
+                body["status"] = "cancelled"
+                await connection.execute(
+                    update(StoredResponse)
+                    .where(StoredResponse.id == response_id, StoredResponse.status.in_(UNFINISHED))
+                    .values(status="cancelled", body_json=json.dumps(body), lease_until=None)
+                )
+        return await self.get(owner, response_id)
+
+    async def delete(self, owner: str, response_id: str) -> dict[str, Any]:
+        """Delete a response and its items; the items a conversation holds stay there."""
+        async with writing(self._database) as connection:
+            await self._response_row(connection, owner, response_id, "response_id")
+            await connection.execute(delete(StoredResponse).where(StoredResponse.id == response_id))
+            await connection.execute(
+                delete(ResponseItem).where(
+                    ResponseItem.response_id == response_id, ResponseItem.conversation_id.is_(None)
+                )
+            )
+            await connection.execute(
+                update(ResponseItem)
+                .where(ResponseItem.response_id == response_id)
+                .values(response_id=None)
+            )
+        return {"id": response_id, "object": "response", "deleted": True}
+
+    async def input_items(
+        self, owner: str, response_id: str, *, after: str | None, limit: int, order: Order
+    ) -> Page:
+        async with reading(self._database) as connection:
+            await self._response_row(connection, owner, response_id, "response_id")
+            query = select(ResponseItem.seq, ResponseItem.item_json).where(
+                ResponseItem.response_id == response_id, ResponseItem.role == "input"
+            )
+            return await item_page(connection, query, after=after, limit=limit, order=order)
+
+    async def context(self, owner: str, response_id: str) -> tuple[str, list[Item]]:
+        """What a continuation of ``response_id`` reads: every item of its chain in order
+        (and, when the chain began in a conversation, that conversation's items before it),
+        with the model that wrote it. 404 when it is not the caller's; 400 while it runs."""
+        async with reading(self._database) as connection:
+            row = await self._response_row(connection, owner, response_id, "previous_response_id")
+            if row.status in UNFINISHED:
+                raise InvalidRequestError(
+                    f"Response '{response_id}' is still {row.status.replace('_', ' ')}; "
+                    "continue from it once it has finished.",
+                    param="previous_response_id",
+                    code="invalid_value",
+                )
+            chain = (
+                select(
+                    StoredResponse.id,
+                    StoredResponse.previous_response_id,
+                    StoredResponse.conversation_id,
+                    literal(0).label("depth"),
+                )
+                .where(StoredResponse.id == response_id, StoredResponse.owner == owner)
+                .cte("chain", recursive=True)
+            )
+            earlier = select(
+                StoredResponse.id,
+                StoredResponse.previous_response_id,
+                StoredResponse.conversation_id,
+                (chain.c.depth + 1).label("depth"),
+            ).where(
+                StoredResponse.id == chain.c.previous_response_id,
+                StoredResponse.owner == owner,
+                chain.c.depth < MAX_CHAIN,
+            )
+            chain = chain.union_all(earlier)
+            links = (
+                await connection.execute(
+                    select(chain.c.id, chain.c.conversation_id).order_by(chain.c.depth.desc())
+                )
+            ).all()
+            items = await connection.execute(
+                select(ResponseItem.seq, ResponseItem.item_json)
+                .where(ResponseItem.response_id.in_(select(chain.c.id)))
+                .order_by(ResponseItem.seq)
+            )
+            rows = items.all()
+            before: list[Item] = []
+            root_conversation = links[0].conversation_id if links else None
+            if root_conversation is not None and rows:
+                before = await conversation_items(
+                    connection, owner, root_conversation, before_seq=rows[0].seq
+                )
+        return row.model, before + [json.loads(r.item_json) for r in rows]
+
+    async def referenced(self, owner: str, item_ids: Sequence[str]) -> dict[str, Item]:
+        """The caller's stored items with these ids (the newest of each id)."""
+        if not item_ids or not matchable(*item_ids):
+            return {}
+        async with reading(self._database) as connection:
+            rows = await connection.execute(
+                select(ResponseItem.id, ResponseItem.item_json)
+                .where(ResponseItem.owner == owner, ResponseItem.id.in_(item_ids))
+                .order_by(ResponseItem.seq)
+            )
+            return {row.id: json.loads(row.item_json) for row in rows}

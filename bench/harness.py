@@ -121,7 +121,9 @@ def _to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, script: Path, connections: int, seconds: int) -> Result:
+def wrk(
+    url: str, script: Path, connections: int, seconds: int, path: str = "/v1/chat/completions"
+) -> Result:
     output = subprocess.run(
         [
             *pin(1),
@@ -132,7 +134,7 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> Result:
             "--latency",
             "-s",
             str(script),
-            f"{url}/v1/chat/completions",
+            f"{url}{path}",
         ],
         check=True,
         capture_output=True,

@@ -1,4 +1,6 @@
-"""The price of ``store: true``: the same echo requests with and without storing.
+"""The price of ``store: true``: the same echo requests with and without storing, for chat
+completions (queued for the background writer) and for the Responses API (written in the
+request, before the answer, so that a continuation on any worker sees it).
 
 One server (SQLite in a scratch directory, one worker, pinned to core 0) and wrk on core 1
 at concurrency 64; after a warm-up the two bodies alternate for several rounds, and the
@@ -16,11 +18,19 @@ from pathlib import Path
 
 from bench.harness import Result, bench_env, free_port, lua, server, wrk
 
-BODY = (
-    '{"model": "echo", "store": %s, "metadata": {"bench": "store"}, "messages": '
-    '[{"role": "system", "content": "You are terse."}, '
-    '{"role": "user", "content": "Hello there, how are you doing today?"}]}'
-)
+APIS = {
+    "chat": (
+        "/v1/chat/completions",
+        '{"model": "echo", "store": %s, "metadata": {"bench": "store"}, "messages": '
+        '[{"role": "system", "content": "You are terse."}, '
+        '{"role": "user", "content": "Hello there, how are you doing today?"}]}',
+    ),
+    "responses": (
+        "/v1/responses",
+        '{"model": "echo", "store": %s, "metadata": {"bench": "store"}, '
+        '"instructions": "You are terse.", "input": "Hello there, how are you doing today?"}',
+    ),
+}
 
 
 def main() -> None:
@@ -28,7 +38,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--api", choices=[*APIS, "both"], default="both")
     args = parser.parse_args()
+    for api in APIS if args.api == "both" else [args.api]:
+        measure(api, args)
+
+
+def measure(api: str, args: argparse.Namespace) -> None:
+    path, body = APIS[api]
 
     with tempfile.TemporaryDirectory() as scratch:
         env = bench_env(
@@ -37,22 +54,24 @@ def main() -> None:
         scripts = {}
         for store in ("false", "true"):
             scripts[store] = Path(scratch) / f"store-{store}.lua"
-            scripts[store].write_text(lua(BODY % store))
+            scripts[store].write_text(lua(body % store))
         port = free_port()
         command = [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port)]
         runs: dict[str, list[Result]] = {"false": [], "true": []}
         with server(command, port, env) as url:
             for store in ("false", "true"):
-                wrk(url, scripts[store], args.concurrency, 3)  # warm-up
+                wrk(url, scripts[store], args.concurrency, 3, path)  # warm-up
             for _ in range(args.rounds):
                 for store in ("false", "true"):
-                    runs[store].append(wrk(url, scripts[store], args.concurrency, args.seconds))
+                    runs[store].append(
+                        wrk(url, scripts[store], args.concurrency, args.seconds, path)
+                    )
 
     def median(store: str, field: str) -> float:
         return float(statistics.median(getattr(r, field) for r in runs[store]))
 
     print(
-        f"POST /v1/chat/completions, echo, SQLite, 1 worker, concurrency {args.concurrency}, "
+        f"\nPOST {path}, echo, SQLite, 1 worker, concurrency {args.concurrency}, "
         f"{args.rounds} x {args.seconds}s per body, alternating (medians)\n"
     )
     print(f"{'':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")

@@ -128,10 +128,13 @@ def create_app(
                 store_by_default=settings.store_by_default,
                 reserve_tokens=settings.rate_limit_reserve_tokens,
             )
+            lease = settings.background_lease_seconds
             response_service = ResponseService(
-                chat_service, ResponseStore(database), ConversationStore(database)
+                chat_service,
+                ResponseStore(database, lease_seconds=lease),
+                ConversationStore(database),
             )
-            background = BackgroundResponses(response_service)
+            background = BackgroundResponses(response_service, renew_seconds=lease / 5)
             resources.push_async_callback(background.close)
             app.state.services = AppServices(
                 settings=settings,

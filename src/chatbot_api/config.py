@@ -151,6 +151,16 @@ class Settings(BaseSettings):
     store_flush_seconds: float = Field(
         default=30.0, ge=0, description="At shutdown, how long to wait for pending writes."
     )
+    background_lease_seconds: int = Field(
+        default=15,
+        ge=2,
+        le=3600,
+        description=(
+            "A background response's lease: its server renews it every fifth of this while "
+            "it generates; a response whose server stopped (a crash) reads as failed once "
+            "its lease is over."
+        ),
+    )
     shutdown_grace_seconds: float = Field(
         default=30.0,
         ge=0,

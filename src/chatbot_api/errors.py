@@ -327,8 +327,8 @@ class DatabaseUnavailableError(ChatbotAPIError):
     def __init__(self, message: str | None = None, *, param: str | None = None) -> None:
         super().__init__(
             message
-            or "The database is not answering; stored completions cannot be read or changed "
-            "right now. Please retry shortly.",
+            or "The database is not answering; stored data (completions, responses, "
+            "conversations) cannot be read or changed right now. Please retry shortly.",
             param=param,
             headers={"Retry-After": "1"},
         )

@@ -5,9 +5,11 @@ A provider turns a :class:`GenerationRequest` into a stream of :class:`TextDelta
 choices in one call leave ``"n"`` out of ``supported_parameters``; the chat service then runs
 ``n`` independent generations and numbers the choices itself.
 
-Two optional members: ``async def start(self)``, awaited once before the first request (a
-provider that must reach a process or service of its own), and ``max_choices``, the most
-choices one request can ever get from it (``n`` above that is refused with 400).
+Optional members: ``async def start(self)``, awaited once before the first request (a
+provider that must reach a process or service of its own); ``max_choices``, the most choices
+one request can ever get from it (``n`` above that is refused with 400); and
+``async def count_tokens(self, request) -> int``, the prompt's length in the model's own
+tokens (``POST /v1/responses/input_tokens``; without it, four characters count as a token).
 """
 
 from __future__ import annotations

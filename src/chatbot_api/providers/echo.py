@@ -54,6 +54,10 @@ class EchoProvider:
     def __init__(self, config: EchoConfig | None = None) -> None:
         self._delay = (config or EchoConfig()).token_delay
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's tokens, counted as ``generate`` reports them."""
+        return sum(count_tokens(m.text) for m in request.messages)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         prompt_tokens = sum(count_tokens(m.text) for m in request.messages)
         last_user = next((m.text for m in reversed(request.messages) if m.role == "user"), "")

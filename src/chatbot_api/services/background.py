@@ -20,7 +20,7 @@ from typing import Any
 
 from chatbot_api.errors import ChatbotAPIError, internal_error
 from chatbot_api.services.response_events import ResponseBuilder
-from chatbot_api.services.responses import PreparedResponse, ResponseService
+from chatbot_api.services.responses import PreparedResponse, ResponseService, close_events
 from chatbot_api.store.responses import ResponseRecord
 
 __all__ = ["BackgroundResponses"]
@@ -86,8 +86,14 @@ class BackgroundResponses:
         used: int | None = None
         try:
             await self._store.set_status(prepared.id, "in_progress", self._lease())
-            async for event in self._service.events(prepared):
-                builder.add(event)
+            first, events = await self._service.begin(prepared)
+            try:
+                if first is not None:
+                    builder.add(first)
+                    async for event in events:
+                        builder.add(event)
+            finally:
+                await close_events(events)
             builder.finish()
             used = builder.input_tokens + builder.output_tokens
         except ChatbotAPIError as exc:

@@ -371,17 +371,17 @@ async def _measured(
             elif isinstance(event, Usage):
                 metrics.PROMPT_TOKENS.labels(model).inc(event.prompt_tokens)
                 metrics.GENERATED_TOKENS.labels(model).inc(event.completion_tokens)
+                context = current_request()  # for the access log
+                if context is not None:  # pragma: no branch - only a caller outside HTTP has none
+                    context.prompt_tokens = event.prompt_tokens
+                    context.completion_tokens = event.completion_tokens
             yield event
     finally:
         await _close(events)
 
 
 def _record_usage(event: Usage) -> CompletionUsage:
-    """The wire usage of ``event``; the access log learns the token counts too."""
-    context = current_request()
-    if context is not None:  # pragma: no branch - only a caller outside HTTP has none
-        context.prompt_tokens = event.prompt_tokens
-        context.completion_tokens = event.completion_tokens
+    """The wire usage of ``event`` (``events`` told the access log already)."""
     return CompletionUsage(
         prompt_tokens=event.prompt_tokens,
         completion_tokens=event.completion_tokens,

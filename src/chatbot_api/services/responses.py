@@ -41,7 +41,7 @@ from chatbot_api.services.response_items import context_messages, new_id, stored
 from chatbot_api.store.conversations import ConversationStore
 from chatbot_api.store.responses import ResponseRecord, ResponseStore
 
-__all__ = ["PreparedResponse", "ResponseService", "ResponseStream"]
+__all__ = ["PreparedResponse", "ResponseService", "ResponseStream", "close_events"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class PreparedResponse:
     conversation_id: str | None
     #: This turn's input, as stored and listed.
     input_items: list[Item]
+    #: The stored items before it (earlier turns), oldest first.
+    context: list[Item]
+    principal: Principal
     #: The response object's fields that do not change while it is generated.
     base: dict[str, Any]
     request_id: str | None
@@ -180,11 +183,12 @@ class ResponseService:
             "tool_choice": request.tool_choice if request.tool_choice is not None else "auto",
             "tools": tools,
             "truncation": request.truncation or "disabled",
-            "user": request.user,
             "safety_identifier": request.safety_identifier,
             "service_tier": "default",
             "reasoning": {"effort": None, "summary": None},
         }
+        if request.user is not None:
+            base["user"] = request.user
         return PreparedResponse(
             id=response_id,
             created_at=created_at,
@@ -194,6 +198,8 @@ class ResponseService:
             store=store,
             conversation_id=conversation_id,
             input_items=input_items,
+            context=context,
+            principal=principal,
             base=base,
             request_id=request_id,
         )
@@ -256,14 +262,59 @@ class ResponseService:
         characters = sum(len(m.text) for m in generation.messages)
         return -(-characters // 4)
 
-    def events(self, prepared: PreparedResponse) -> AsyncIterator[GenerationEvent]:
-        return self._chat.events(prepared.chat)
+    async def begin(
+        self, prepared: PreparedResponse
+    ) -> tuple[GenerationEvent | None, AsyncIterator[GenerationEvent]]:
+        """The generation's first event and the rest, once the model has taken the request.
+
+        With ``truncation: auto``, a context the model cannot hold loses its oldest items (1,
+        then 2, 4... more each time, so a long chain needs few tries) until it fits; only the
+        input of this turn is never dropped.
+        """
+        dropped = 0
+        chat = prepared.chat
+        while True:
+            events = self._chat.events(chat)
+            try:
+                return await anext(aiter(events), None), events
+            except ChatbotAPIError as exc:
+                await close_events(events)
+                too_long = exc.code == "context_length_exceeded"
+                if not too_long or prepared.request.truncation != "auto":
+                    raise _renamed(exc) from None
+                if dropped >= len(prepared.context):
+                    raise _renamed(exc) from None
+                dropped = min(len(prepared.context), max(1, dropped * 2))
+                chat = self._shortened(prepared, dropped)
+                logger.info("context truncated", extra={"dropped_items": dropped})
+            except BaseException:
+                await close_events(events)
+                raise
+
+    def _shortened(self, prepared: PreparedResponse, dropped: int) -> PreparedChat:
+        """The chat request with the oldest ``dropped`` context items left out."""
+        kept = prepared.context[dropped:]
+        messages = context_messages(prepared.request.instructions, [*kept, *prepared.input_items])
+        request = prepared.chat.request.model_copy(
+            update={
+                "messages": ChatCompletionRequest.model_validate(
+                    {"model": prepared.chat.spec.id, "messages": messages}
+                ).messages
+            }
+        )
+        return self._chat.prepare(request, prepared.principal, request_id=prepared.request_id)
 
     async def complete(self, prepared: PreparedResponse) -> ResponseBuilder:
         """Generate the whole response, then store it (before the client has it)."""
         builder = prepared.builder()
-        async for event in self.events(prepared):
-            builder.add(event)
+        first, events = await self.begin(prepared)
+        try:
+            if first is not None:
+                builder.add(first)
+                async for event in events:
+                    builder.add(event)
+        finally:
+            await close_events(events)
         builder.finish()
         await self.save(prepared, builder)
         return builder
@@ -301,12 +352,7 @@ class ResponseService:
     async def open_stream(self, prepared: PreparedResponse) -> ResponseStream:
         """Start generating; return the SSE events once the model has answered (so that a
         refusal is still a status code)."""
-        events = self.events(prepared)
-        try:
-            first = await anext(aiter(events), None)
-        except BaseException:
-            await _close(events)
-            raise
+        first, events = await self.begin(prepared)
         builder = prepared.builder()
         stream = ResponseStream(builder)
         stream.payloads = self._stream(prepared, builder, first, events, stream)
@@ -352,7 +398,7 @@ class ResponseService:
             )
             raise
         finally:
-            await _close(events)
+            await close_events(events)
 
 
 def _usage(builder: ResponseBuilder) -> CompletionUsage:
@@ -363,7 +409,8 @@ def _usage(builder: ResponseBuilder) -> CompletionUsage:
     )
 
 
-async def _close(events: AsyncIterator[object]) -> None:
+async def close_events(events: AsyncIterator[object]) -> None:
+    """Close a generator now, so its ``finally`` (cancelling work) runs at once."""
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
         await aclose()

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import msgspec
@@ -85,7 +85,7 @@ class EngineClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def generate(self, request: Generate) -> AsyncIterator[Text | Finished]:
+    async def generate(self, request: Generate) -> AsyncGenerator[Text | Finished, None]:
         """The engine's answers to ``request`` (its ``id`` is set here), ``Finished`` last.
 
         Call it only while ``hello`` is set (the engine answers). Raises the engine's error

@@ -91,6 +91,8 @@ class Generate(msgspec.Struct, frozen=True, tag=True):
     logprobs: bool
     top_logprobs: int
     request_id: str | None
+    #: Only count the prompt's tokens: answered with ``Finished`` at once, nothing decoded.
+    count_only: bool = False
 
 
 class Cancel(msgspec.Struct, frozen=True, tag=True):

@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -217,11 +218,11 @@ class LlamaCppProvider:
             logit_bias=_logit_bias(wire.logit_bias, n_vocab),
         )
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        client = self._client
-        hello = client.hello
+    def _message(self, request: GenerationRequest, *, count_only: bool = False) -> Generate:
+        """The engine's message for ``request``, its prompt rendered by the chat template."""
+        hello = self._client.hello
         if hello is None:
-            raise EngineUnavailableError(self.model_id, client.problem)
+            raise EngineUnavailableError(self.model_id, self._client.problem)
         if self._prompter is None:
             self._prompter = self._choose_prompter(hello)
         try:
@@ -236,7 +237,7 @@ class LlamaCppProvider:
         stops = [*request.stop, *self.config.stop]
         if grammar is None:
             stops.extend(prompt.stops)
-        message = Generate(
+        return Generate(
             id=0,
             prompt=prompt.text,
             add_special=prompt.add_special,
@@ -249,7 +250,21 @@ class LlamaCppProvider:
             logprobs=bool(request.request.logprobs),
             top_logprobs=request.request.top_logprobs or 0,
             request_id=request.request_id,
+            count_only=count_only,
         )
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's length in the model's own tokens, as its engine tokenises it."""
+        answers = self._client.generate(self._message(request, count_only=True))
+        async with aclosing(answers):
+            async for answer in answers:
+                if isinstance(answer, Finished):
+                    return answer.prompt_tokens
+        raise AssertionError("unreachable")  # pragma: no cover - answers end with Finished or raise
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        client = self._client
+        message = self._message(request)
         async for answer in client.generate(message):
             if isinstance(answer, Finished):
                 reason: FinishReason = "length" if answer.reason == "length" else "stop"

@@ -198,6 +198,11 @@ class EngineServer:
             writer.close()
 
     def _generate(self, connection: _Connection, message: Generate) -> None:
+        if message.count_only:
+            task = self._loop.create_task(self._count(connection, message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         try:
             self.engine.reserve()
         except ChatbotAPIError as error:
@@ -231,8 +236,18 @@ class EngineServer:
         connection.requests[message.id] = sequence
         self.engine.submit(sequence)
 
-    async def _sequence(self, connection: _Connection, message: Generate) -> Sequence:
-        tokens = await self._loop.run_in_executor(
+    async def _count(self, connection: _Connection, message: Generate) -> None:
+        """Answer how many tokens the prompt has; it takes no place in the batch."""
+        try:
+            tokens = await self._tokens(message)
+        except Exception as exc:
+            error = as_api_error(exc, message.request_id)
+            connection.send([encode(Failed(message.id, wire_error(error)))])
+            return
+        connection.send([encode(Finished(message.id, "stop", len(tokens), 0))])
+
+    async def _tokens(self, message: Generate) -> list[int]:
+        return await self._loop.run_in_executor(
             self._tokenizing,
             lambda: self.engine.tokenize(
                 message.prompt,
@@ -240,6 +255,9 @@ class EngineServer:
                 parse_special=message.parse_special,
             ),
         )
+
+    async def _sequence(self, connection: _Connection, message: Generate) -> Sequence:
+        tokens = await self._tokens(message)
         max_tokens = self._limit(message.max_tokens, len(tokens))
         constraint = None
         if message.grammar is not None:

@@ -129,10 +129,10 @@ def create_app(
                 reserve_tokens=settings.rate_limit_reserve_tokens,
             )
             lease = settings.background_lease_seconds
+            response_store = ResponseStore(database, lease_seconds=lease)
+            resources.push_async_callback(response_store.close)
             response_service = ResponseService(
-                chat_service,
-                ResponseStore(database, lease_seconds=lease),
-                ConversationStore(database),
+                chat_service, response_store, ConversationStore(database)
             )
             background = BackgroundResponses(response_service, renew_seconds=lease / 5)
             resources.push_async_callback(background.close)

@@ -34,6 +34,7 @@ def default_database_url(data_dir: Path) -> str:
 class Database:
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url
+        self.busy_timeout_ms = busy_timeout_ms
         self.is_sqlite = url.startswith("sqlite")
         #: The SQLite database file (None on PostgreSQL).
         self.sqlite_file: Path | None = None

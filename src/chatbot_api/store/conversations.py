@@ -24,6 +24,7 @@ from chatbot_api.store.access import Order, Page, matchable, reading, writing
 __all__ = [
     "ConversationStore",
     "conversation_items",
+    "conversation_not_found",
     "item_page",
     "item_rows",
     "lock_conversation",
@@ -32,7 +33,7 @@ __all__ = [
 Item = dict[str, Any]
 
 
-def _not_found(conversation_id: str, param: str = "conversation_id") -> NotFoundError:
+def conversation_not_found(conversation_id: str, param: str = "conversation") -> NotFoundError:
     return NotFoundError(f"No conversation found with id '{conversation_id}'.", param=param)
 
 
@@ -79,7 +80,7 @@ async def lock_conversation(
     """The caller's conversation, held for this write transaction (404 when it is not the
     caller's or no longer exists): turns appended at once land one after the other."""
     if not matchable(conversation_id):
-        raise _not_found(conversation_id, param)
+        raise conversation_not_found(conversation_id, param)
     row = (
         await connection.execute(
             select(Conversation)
@@ -88,7 +89,7 @@ async def lock_conversation(
         )
     ).first()
     if row is None:
-        raise _not_found(conversation_id, param)
+        raise conversation_not_found(conversation_id, param)
     return row
 
 
@@ -170,7 +171,7 @@ class ConversationStore:
 
     async def get(self, owner: str, conversation_id: str) -> dict[str, Any]:
         if not matchable(conversation_id):
-            raise _not_found(conversation_id)
+            raise conversation_not_found(conversation_id, "conversation_id")
         async with reading(self._database) as connection:
             row = (
                 await connection.execute(
@@ -180,13 +181,13 @@ class ConversationStore:
                 )
             ).first()
         if row is None:
-            raise _not_found(conversation_id)
+            raise conversation_not_found(conversation_id, "conversation_id")
         return _wire(row)
 
     async def items(self, owner: str, conversation_id: str) -> list[Item]:
         """Every item of the caller's conversation, for a response that continues it."""
         if not matchable(conversation_id):
-            raise _not_found(conversation_id, "conversation")
+            raise conversation_not_found(conversation_id)
         async with reading(self._database) as connection:
             exists = await connection.execute(
                 select(Conversation.seq).where(
@@ -194,7 +195,7 @@ class ConversationStore:
                 )
             )
             if exists.first() is None:
-                raise _not_found(conversation_id, "conversation")
+                raise conversation_not_found(conversation_id)
             return await conversation_items(connection, owner, conversation_id, before_seq=None)
 
     async def update(

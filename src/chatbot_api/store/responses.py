@@ -12,24 +12,29 @@ continue from it at once, on any worker or server sharing the database.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, literal, select, update
+from sqlalchemy import bindparam, delete, insert, literal, select, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatbot_api.db.engine import Database
-from chatbot_api.db.tables import ResponseItem, StoredResponse
+from chatbot_api.db.sqlite_thread import SqliteThread
+from chatbot_api.db.tables import Conversation, ResponseItem, StoredResponse
 from chatbot_api.errors import InvalidRequestError, NotFoundError
 from chatbot_api.store.access import Order, Page, matchable, reading, writing
 from chatbot_api.store.conversations import (
     conversation_items,
+    conversation_not_found,
     item_page,
     item_rows,
     lock_conversation,
 )
+from chatbot_api.store.group_commit import GroupCommit
 
 __all__ = ["UNFINISHED", "ResponseRecord", "ResponseStore"]
 
@@ -77,10 +82,67 @@ def _body_without_output(body: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in body.items() if k != "output"}, separators=(",", ":"))
 
 
+_RESPONSE_COLUMNS = (
+    "id",
+    "owner",
+    "model",
+    "created_at",
+    "status",
+    "background",
+    "previous_response_id",
+    "conversation_id",
+    "request_id",
+    "body_json",
+    "input_tokens",
+    "output_tokens",
+    "lease_until",
+)
+_ITEM_COLUMNS = ("id", "owner", "response_id", "conversation_id", "role", "item_json")
+
+
+def _sqlite_insert(table: Any, columns: tuple[str, ...]) -> str:
+    """The INSERT statement as SQLAlchemy writes it for SQLite (qmark placeholders)."""
+    statement = insert(table).values({name: bindparam(name) for name in columns})
+    return str(statement.compile(dialect=sqlite.dialect()))
+
+
+_SQLITE_INSERT_RESPONSE = _sqlite_insert(StoredResponse, _RESPONSE_COLUMNS)
+_SQLITE_INSERT_ITEM = _sqlite_insert(ResponseItem, _ITEM_COLUMNS)
+_SQLITE_CONVERSATION = str(
+    select(Conversation.seq)
+    .where(Conversation.id == bindparam("id"), Conversation.owner == bindparam("owner"))
+    .compile(dialect=sqlite.dialect())
+)
+
+
+def _values(record: ResponseRecord) -> tuple[Any, ...]:
+    row = ResponseStore._row(record)
+    return tuple(row[name] for name in _RESPONSE_COLUMNS)
+
+
+def _item_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row[name] for name in _ITEM_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    record: ResponseRecord | None
+    rows: list[dict[str, Any]]
+    owner: str
+    conversation_id: str | None
+
+
 class ResponseStore:
     def __init__(self, database: Database, *, lease_seconds: int = 15) -> None:
         self._database = database
         self.lease_seconds = lease_seconds
+        #: On SQLite, turns are written on a thread of their own, one round trip each batch.
+        self._sqlite = (
+            SqliteThread(database.sqlite_file, busy_timeout_ms=database.busy_timeout_ms)
+            if database.sqlite_file is not None
+            else None
+        )
+        self._turns = GroupCommit(self._write_turns)
 
     async def save(
         self,
@@ -91,8 +153,9 @@ class ResponseStore:
         owner: str,
         conversation_id: str | None,
     ) -> None:
-        """One turn in one transaction: the response (None with ``store: false``) and its
-        items, appended to ``conversation_id`` when it has one."""
+        """One turn, committed when this returns: the response (None with ``store: false``)
+        and its items, appended to ``conversation_id`` when it has one. Turns saved at the
+        same time share a transaction (``GroupCommit``)."""
         response_id = record.id if record is not None else None
         rows = item_rows(
             input_items,
@@ -107,13 +170,41 @@ class ResponseStore:
             response_id=response_id,
             conversation_id=conversation_id,
         )
+        await self._turns.submit(_Turn(record, rows, owner, conversation_id))
+
+    async def _write_turns(self, turns: Sequence[_Turn]) -> None:
+        if self._sqlite is not None:
+            values = [_values(t.record) for t in turns if t.record is not None]
+            items = [_item_values(row) for t in turns for row in t.rows]
+            conversations = sorted(
+                {(t.owner, t.conversation_id) for t in turns if t.conversation_id}
+            )
+
+            def write(connection: sqlite3.Connection) -> None:
+                for owner, conversation_id in conversations:
+                    found = connection.execute(_SQLITE_CONVERSATION, (conversation_id, owner))
+                    if found.fetchone() is None:
+                        raise conversation_not_found(conversation_id)
+                connection.executemany(_SQLITE_INSERT_RESPONSE, values)
+                connection.executemany(_SQLITE_INSERT_ITEM, items)
+
+            await self._sqlite.transaction(write)
+            return
         async with writing(self._database) as connection:
-            if conversation_id is not None:
+            for owner, conversation_id in sorted(
+                {(t.owner, t.conversation_id) for t in turns if t.conversation_id}
+            ):
                 await lock_conversation(connection, owner, conversation_id)
-            if record is not None:
-                await connection.execute(insert(StoredResponse), [self._row(record)])
+            records = [self._row(t.record) for t in turns if t.record is not None]
+            if records:
+                await connection.execute(insert(StoredResponse), records)
+            rows = [row for t in turns for row in t.rows]
             if rows:
                 await connection.execute(insert(ResponseItem), rows)
+
+    async def close(self) -> None:
+        if self._sqlite is not None:
+            await self._sqlite.close()
 
     @staticmethod
     def _row(record: ResponseRecord) -> dict[str, Any]:

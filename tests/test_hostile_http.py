@@ -127,7 +127,9 @@ def test_every_route_with_a_json_body_refuses_a_lone_surrogate(server: LiveServe
             found = _first_string_replaced(example)
             assert found is not None, (method, path)
             body, param = found
-            url = f"{server.base_url}{path.replace('{completion_id}', 'chatcmpl-x')}"
+            for name, value in _PATH_VALUES.items():
+                path = path.replace(name, value)
+            url = f"{server.base_url}{path}"
 
             response = httpx.request(method, url, content=json.dumps(body).encode())
 
@@ -137,8 +139,17 @@ def test_every_route_with_a_json_body_refuses_a_lone_surrogate(server: LiveServe
     assert sorted(tried) == [
         "POST /admin/keys",
         "POST /v1/chat/completions",
-        "POST /v1/chat/completions/{completion_id}",
+        "POST /v1/chat/completions/chatcmpl-x",
+        "POST /v1/conversations",
+        "POST /v1/conversations/conv_x",
+        "POST /v1/conversations/conv_x/items",
+        "POST /v1/responses",
+        "POST /v1/responses/input_tokens",
     ]
+
+
+#: Ids for the path parameters: the body is refused before any id is looked up.
+_PATH_VALUES = {"{completion_id}": "chatcmpl-x", "{conversation_id}": "conv_x"}
 
 
 def _first_string_replaced(value: Any, path: str = "") -> tuple[Any, str] | None:

@@ -187,13 +187,14 @@ def fronted(models_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             yield front
 
 
-def _chat_openai(server: LiveServer, model: str) -> ChatOpenAI:
+def _chat_openai(server: LiveServer, model: str, *, use_responses_api: bool = False) -> ChatOpenAI:
     # LangChain's documented keyword names are aliases its typing does not show.
     options: dict[str, Any] = {
         "base_url": f"{server.base_url}/v1",
         "api_key": "sk-anything",
         "model": model,
         "max_retries": 0,
+        "use_responses_api": use_responses_api,
     }
     return ChatOpenAI(**options)
 
@@ -219,6 +220,37 @@ def test_chat_openai_gets_tool_calls_through_an_upstream(fronted: LiveServer) ->
     answer = chat.invoke("What is the weather in Paris?")
 
     assert isinstance(answer, AIMessage)
+    assert answer.tool_calls == [
+        {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_up_1", "type": "tool_call"}
+    ]
+
+
+def test_chat_openai_works_over_the_responses_api(fronted: LiveServer) -> None:
+    chat = _chat_openai(fronted, "proxied", use_responses_api=True)
+
+    answer = chat.invoke("good morning to you")
+    pieces = list(chat.stream("good morning to you"))
+
+    assert answer.text == "good morning to you"
+    assert str(answer.response_metadata["id"]).startswith("resp_")  # a response, not a chat
+    assert answer.usage_metadata is not None
+    assert (answer.usage_metadata["input_tokens"], answer.usage_metadata["output_tokens"]) == (4, 4)
+    assert "".join(piece.text for piece in pieces) == "good morning to you"
+    assert str(pieces[0].response_metadata["id"]).startswith("resp_")
+
+
+def test_chat_openai_gets_tool_calls_over_the_responses_api(fronted: LiveServer) -> None:
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    chat = _chat_openai(fronted, "tools", use_responses_api=True).bind_tools([get_weather])
+
+    answer = chat.invoke("What is the weather in Paris?")
+
+    assert isinstance(answer, AIMessage)
+    assert str(answer.response_metadata["id"]).startswith("resp_")
     assert answer.tool_calls == [
         {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_up_1", "type": "tool_call"}
     ]

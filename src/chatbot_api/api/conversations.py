@@ -43,10 +43,9 @@ Order = Annotated[Literal["asc", "desc"], Query(description="Oldest (`asc`) or n
     responses=error_responses(400, 408, 413),
 )
 async def create_conversation(
-    services: ServicesDep, principal: PrincipalDep, body: CreateConversationRequest | None = None
+    body: CreateConversationRequest, services: ServicesDep, principal: PrincipalDep
 ) -> JSONResponse:
-    """A new conversation, with up to 20 initial `items` and `metadata`."""
-    body = body or CreateConversationRequest()
+    """A new conversation, with up to 20 initial `items` and `metadata` (`{}` for neither)."""
     created = await services.responses.create_conversation(
         principal.owner, body.metadata or {}, body.items or []
     )

@@ -104,16 +104,35 @@ class ConversationDeleted(_Open):
 
 
 class CreateConversationRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(
+        extra="ignore",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "metadata": {"topic": "travel"},
+                    "items": [{"role": "user", "content": "I am planning a trip to Rome."}],
+                }
+            ]
+        },
+    )
     metadata: Metadata | None = None
     items: list[InputItem] | None = Field(default=None, max_length=20)
 
 
 class UpdateConversationRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(
+        extra="ignore",
+        strict=True,
+        json_schema_extra={"examples": [{"metadata": {"topic": "history"}}]},
+    )
     metadata: Metadata
 
 
 class CreateItemsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(
+        extra="ignore",
+        strict=True,
+        json_schema_extra={"examples": [{"items": [{"role": "user", "content": "And Florence?"}]}]},
+    )
     items: list[InputItem] = Field(min_length=1, max_length=20)

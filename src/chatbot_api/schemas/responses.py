@@ -271,4 +271,10 @@ class CreateResponseRequest(_InputFields):
 class InputTokensRequest(_InputFields):
     """``TokenCountsBody``: what a response would read, counted without generating."""
 
+    model_config = ConfigDict(
+        extra="ignore",
+        strict=True,
+        json_schema_extra={"examples": [{"model": "echo", "input": "How many tokens is this?"}]},
+    )
+
     model: str = Field(min_length=1, examples=["echo"])

@@ -463,6 +463,7 @@ def _chat_fields(request: CreateResponseRequest) -> tuple[dict[str, Any], list[d
     response object lists them."""
     fields: dict[str, Any] = {
         "store": False,  # the turn is stored as a response, not as a chat completion
+        "stream": bool(request.stream),  # an upstream then streams to us as we do
         "max_completion_tokens": request.max_output_tokens,
         "temperature": request.temperature,
         "top_p": request.top_p,

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
-import anyio
 from fastapi import APIRouter, Request, Response
-from sse_starlette import EventSourceResponse
 
-from chatbot_api.api.connection import while_connected
+from chatbot_api.api.connection import event_stream, while_connected
 from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address, request_id
 from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
-from chatbot_api.errors import DeadlineExceededError
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletion
-from chatbot_api.security.rate_limit import settle_after
-from chatbot_api.services.stream_end import end_in_time
 
 __all__ = ["router"]
 
-
-#: How much longer than our grace period sse-starlette waits before it cancels a stream.
-_BACKSTOP_SECONDS = 2.0
 
 router = APIRouter(prefix="/v1", tags=["chat"], route_class=JSONBodyRoute)
 
@@ -71,35 +63,21 @@ async def create_chat_completion(
     )
     try:
         if body.stream:
-            # Until its first token a stream is watched as a JSON answer is: a client that
+            # Until its first event a stream is watched as a JSON answer is: a client that
             # leaves while it waits for a slot, its prompt or its grammar stops it there.
             stream = await while_connected(
-                request, chat.open_stream(prepared), deadline - loop.time()
-            )
-            if stream is None:
-                raise DeadlineExceededError(settings.request_timeout_seconds)
-            shutdown = anyio.Event()
-            grace = settings.shutdown_grace_seconds
-            payloads = end_in_time(
-                settle_after(stream, quota),
-                stream,
+                request,
+                chat.open_stream(prepared),
                 deadline=deadline,
                 timeout_seconds=settings.request_timeout_seconds,
-                shutdown=shutdown,
-                grace_seconds=grace,
             )
-            return EventSourceResponse(
-                payloads,
-                sep="\n",
-                ping=settings.sse_ping_seconds,
-                headers=quota.headers,
-                shutdown_event=shutdown,
-                # Ours ends the stream with an error event; sse-starlette's is the backstop.
-                shutdown_grace_period=grace + _BACKSTOP_SECONDS,
-            )
-        completion = await while_connected(request, chat.complete(prepared), deadline - loop.time())
-        if completion is None:
-            raise DeadlineExceededError(settings.request_timeout_seconds)
+            return event_stream(stream, quota, settings, deadline=deadline)
+        completion = await while_connected(
+            request,
+            chat.complete(prepared),
+            deadline=deadline,
+            timeout_seconds=settings.request_timeout_seconds,
+        )
     except Exception:
         await quota.settle(0)  # refused before generating: nothing was used
         raise

@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-import anyio
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
-from chatbot_api.api.connection import while_connected
+from chatbot_api.api.connection import event_stream, while_connected
 from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address, request_id
 from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
-from chatbot_api.errors import DeadlineExceededError
 from chatbot_api.schemas.response_objects import (
     InputTokens,
     ResponseDeleted,
@@ -23,13 +20,8 @@ from chatbot_api.schemas.response_objects import (
     ResponseObject,
 )
 from chatbot_api.schemas.responses import CreateResponseRequest, InputTokensRequest
-from chatbot_api.security.rate_limit import settle_after
-from chatbot_api.services.stream_end import end_in_time
 
 __all__ = ["router"]
-
-#: How much longer than our grace period sse-starlette waits before it cancels a stream.
-_BACKSTOP_SECONDS = 2.0
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
 
@@ -87,32 +79,21 @@ async def create_response(
             queued = await services.background.start(prepared, quota.settle)
             return JSONResponse(queued, headers=quota.headers)
         if body.stream:
+            # Until its first event a stream is watched as a JSON answer is: a client that
+            # leaves while it waits for a slot, its prompt or its grammar stops it there.
             stream = await while_connected(
-                request, responses.open_stream(prepared), deadline - loop.time()
-            )
-            if stream is None:
-                raise DeadlineExceededError(settings.request_timeout_seconds)
-            shutdown = anyio.Event()
-            grace = settings.shutdown_grace_seconds
-            events = end_in_time(
-                settle_after(stream, quota),
-                stream,
+                request,
+                responses.open_stream(prepared),
                 deadline=deadline,
                 timeout_seconds=settings.request_timeout_seconds,
-                shutdown=shutdown,
-                grace_seconds=grace,
             )
-            return EventSourceResponse(
-                events,
-                sep="\n",
-                ping=settings.sse_ping_seconds,
-                headers=quota.headers,
-                shutdown_event=shutdown,
-                shutdown_grace_period=grace + _BACKSTOP_SECONDS,
-            )
-        built = await while_connected(request, responses.complete(prepared), deadline - loop.time())
-        if built is None:
-            raise DeadlineExceededError(settings.request_timeout_seconds)
+            return event_stream(stream, quota, settings, deadline=deadline)
+        built = await while_connected(
+            request,
+            responses.complete(prepared),
+            deadline=deadline,
+            timeout_seconds=settings.request_timeout_seconds,
+        )
     except Exception:
         await quota.settle(0)  # refused before generating: nothing was used
         raise

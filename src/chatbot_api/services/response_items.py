@@ -26,7 +26,7 @@ from chatbot_api.schemas.responses import (
     RefusalPart,
 )
 
-__all__ = ["context_messages", "new_id", "stored_items"]
+__all__ = ["context_messages", "new_id", "renamed", "stored_items"]
 
 Item = dict[str, Any]
 
@@ -59,8 +59,9 @@ def _text_part(kind: str, text: str) -> dict[str, Any]:
 def stored_items(items: Sequence[InputItem], references: dict[str, Item]) -> list[Item]:
     """Input items as they are stored and listed: each with an id and a status.
 
-    ``references`` holds the stored items that ``item_reference`` entries name; they are
-    taken as they were stored.
+    ``references`` holds the stored items that ``item_reference`` entries name; each is
+    taken as it was stored. An id repeated in the list is replaced by a new one after its
+    first use, so that it names one item.
     """
     out: list[Item] = []
     for item in items:
@@ -111,14 +112,26 @@ def stored_items(items: Sequence[InputItem], references: dict[str, Item]) -> lis
                 }
             )
         elif isinstance(item, ItemReference):
-            out.append(references[item.id])
+            out.append(dict(references[item.id]))
         else:
             assert isinstance(item, ReasoningItem)
             kept = item.model_dump(exclude_none=True)
             kept["id"] = item.id or new_id("rs")
             kept.setdefault("summary", [])
             out.append(kept)
-    return out
+    return renamed(out, taken=set())
+
+
+def renamed(items: list[Item], *, taken: set[str]) -> list[Item]:
+    """``items`` with a new id for each whose id is in ``taken`` or earlier in the list: an
+    item's id names one item of a listing (a cursor ``after`` it is then unambiguous)."""
+    seen = set(taken)
+    for item in items:
+        if item["id"] in seen:
+            prefix = item["id"].split("_", 1)[0] if "_" in item["id"] else "item"
+            item["id"] = new_id(prefix)
+        seen.add(item["id"])
+    return items
 
 
 def _chat_content(parts: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:

@@ -37,7 +37,12 @@ from chatbot_api.schemas.responses import (
 from chatbot_api.security.auth import Principal
 from chatbot_api.services.chat import ChatService, ChatStream, PreparedChat
 from chatbot_api.services.response_events import Event, ResponseBuilder
-from chatbot_api.services.response_items import context_messages, new_id, stored_items
+from chatbot_api.services.response_items import (
+    context_messages,
+    new_id,
+    renamed,
+    stored_items,
+)
 from chatbot_api.store.conversations import ConversationStore
 from chatbot_api.store.responses import ResponseRecord, ResponseStore
 
@@ -221,6 +226,8 @@ class ResponseService:
             _, context = await self.responses.context(principal.owner, request.previous_response_id)
         elif request.conversation_id is not None:
             context = await self.conversations.items(principal.owner, request.conversation_id)
+            taken = {item["id"] for item in context}
+            input_items = renamed(input_items, taken=taken)
         return input_items, context
 
     async def _items(self, owner: str, given: Sequence[Any], param: str) -> list[Item]:
@@ -243,8 +250,17 @@ class ResponseService:
     async def add_conversation_items(
         self, owner: str, conversation_id: str, items: Sequence[Any]
     ) -> dict[str, Any]:
-        stored = await self._items(owner, items, "items")
+        stored = await self._joining(
+            owner, conversation_id, await self._items(owner, items, "items")
+        )
         return await self.conversations.add_items(owner, conversation_id, stored)
+
+    async def _joining(self, owner: str, conversation_id: str, items: list[Item]) -> list[Item]:
+        """``items`` about to join a conversation, with new ids for those whose id one of its
+        items has already (an item referenced again, an answer sent back as input)."""
+        ids = [item["id"] for item in items]
+        taken = await self.conversations.taken_ids(owner, conversation_id, ids)
+        return renamed(items, taken=taken) if taken else items
 
     async def count_input_tokens(self, body: InputTokensRequest, principal: Principal) -> int:
         """The tokens a response to ``body`` would read: the provider's own count where it

@@ -25,9 +25,11 @@ __all__ = [
     "ConversationStore",
     "conversation_items",
     "conversation_not_found",
+    "detach",
     "item_page",
     "item_rows",
     "lock_conversation",
+    "still_there",
 ]
 
 Item = dict[str, Any]
@@ -91,6 +93,31 @@ async def lock_conversation(
     if row is None:
         raise conversation_not_found(conversation_id, param)
     return row
+
+
+async def still_there(connection: AsyncConnection, owner: str, conversation_id: str) -> bool:
+    """Whether the conversation a turn began in still exists, held for this transaction."""
+    row = await connection.execute(
+        select(Conversation.seq)
+        .where(Conversation.id == conversation_id, Conversation.owner == owner)
+        .with_for_update()
+    )
+    return row.first() is not None
+
+
+async def detach(connection: AsyncConnection, conversation_id: str) -> None:
+    """What a deleted conversation leaves: its items that no response keeps are gone, the
+    others stay with their responses (after a turn that ended once it was deleted, too)."""
+    await connection.execute(
+        delete(ResponseItem).where(
+            ResponseItem.conversation_id == conversation_id, ResponseItem.response_id.is_(None)
+        )
+    )
+    await connection.execute(
+        update(ResponseItem)
+        .where(ResponseItem.conversation_id == conversation_id)
+        .values(conversation_id=None)
+    )
 
 
 async def conversation_items(
@@ -216,17 +243,7 @@ class ConversationStore:
         async with writing(self._database) as connection:
             await lock_conversation(connection, owner, conversation_id, "conversation_id")
             await connection.execute(delete(Conversation).where(Conversation.id == conversation_id))
-            await connection.execute(
-                delete(ResponseItem).where(
-                    ResponseItem.conversation_id == conversation_id,
-                    ResponseItem.response_id.is_(None),
-                )
-            )
-            await connection.execute(
-                update(ResponseItem)
-                .where(ResponseItem.conversation_id == conversation_id)
-                .values(conversation_id=None)
-            )
+            await detach(connection, conversation_id)
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
     async def add_items(
@@ -255,6 +272,20 @@ class ConversationStore:
                 ResponseItem.conversation_id == conversation_id, ResponseItem.owner == owner
             )
             return await item_page(connection, query, after=after, limit=limit, order=order)
+
+    async def taken_ids(self, owner: str, conversation_id: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the conversation's items already have."""
+        if not ids or not matchable(conversation_id, *ids):
+            return set()
+        async with reading(self._database) as connection:
+            rows = await connection.execute(
+                select(ResponseItem.id).where(
+                    ResponseItem.conversation_id == conversation_id,
+                    ResponseItem.owner == owner,
+                    ResponseItem.id.in_(ids),
+                )
+            )
+            return set(rows.scalars())
 
     async def get_item(self, owner: str, conversation_id: str, item_id: str) -> Item:
         await self.get(owner, conversation_id)

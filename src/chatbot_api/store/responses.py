@@ -29,10 +29,10 @@ from chatbot_api.errors import InvalidRequestError, NotFoundError
 from chatbot_api.store.access import Order, Page, matchable, reading, writing
 from chatbot_api.store.conversations import (
     conversation_items,
-    conversation_not_found,
+    detach,
     item_page,
     item_rows,
-    lock_conversation,
+    still_there,
 )
 from chatbot_api.store.group_commit import GroupCommit
 
@@ -108,6 +108,10 @@ def _sqlite_insert(table: Any, columns: tuple[str, ...]) -> str:
 
 _SQLITE_INSERT_RESPONSE = _sqlite_insert(StoredResponse, _RESPONSE_COLUMNS)
 _SQLITE_INSERT_ITEM = _sqlite_insert(ResponseItem, _ITEM_COLUMNS)
+_SQLITE_DROP_LOOSE_ITEMS = (
+    "DELETE FROM response_items WHERE conversation_id = ? AND response_id IS NULL"
+)
+_SQLITE_DETACH_ITEMS = "UPDATE response_items SET conversation_id = NULL WHERE conversation_id = ?"
 _SQLITE_CONVERSATION = str(
     select(Conversation.seq)
     .where(Conversation.id == bindparam("id"), Conversation.owner == bindparam("owner"))
@@ -181,26 +185,36 @@ class ResponseStore:
             )
 
             def write(connection: sqlite3.Connection) -> None:
-                for owner, conversation_id in conversations:
-                    found = connection.execute(_SQLITE_CONVERSATION, (conversation_id, owner))
-                    if found.fetchone() is None:
-                        raise conversation_not_found(conversation_id)
+                gone = [
+                    conversation_id
+                    for owner, conversation_id in conversations
+                    if connection.execute(_SQLITE_CONVERSATION, (conversation_id, owner)).fetchone()
+                    is None
+                ]
                 connection.executemany(_SQLITE_INSERT_RESPONSE, values)
                 connection.executemany(_SQLITE_INSERT_ITEM, items)
+                for conversation_id in gone:
+                    connection.execute(_SQLITE_DROP_LOOSE_ITEMS, (conversation_id,))
+                    connection.execute(_SQLITE_DETACH_ITEMS, (conversation_id,))
 
             await self._sqlite.transaction(write)
             return
         async with writing(self._database) as connection:
-            for owner, conversation_id in sorted(
-                {(t.owner, t.conversation_id) for t in turns if t.conversation_id}
-            ):
-                await lock_conversation(connection, owner, conversation_id)
+            gone = [
+                conversation_id
+                for owner, conversation_id in sorted(
+                    {(t.owner, t.conversation_id) for t in turns if t.conversation_id}
+                )
+                if not await still_there(connection, owner, conversation_id)
+            ]
             records = [self._row(t.record) for t in turns if t.record is not None]
             if records:
                 await connection.execute(insert(StoredResponse), records)
             rows = [row for t in turns for row in t.rows]
             if rows:
                 await connection.execute(insert(ResponseItem), rows)
+            for conversation_id in gone:
+                await detach(connection, conversation_id)
 
     async def close(self) -> None:
         if self._sqlite is not None:
@@ -238,8 +252,9 @@ class ResponseStore:
         """Record a background response's end, unless it was cancelled (or given up) first;
         False then."""
         async with writing(self._database) as connection:
-            if conversation_id is not None:
-                await lock_conversation(connection, owner, conversation_id)
+            gone = conversation_id is not None and not await still_there(
+                connection, owner, conversation_id
+            )
             result = await connection.execute(
                 update(StoredResponse)
                 .where(StoredResponse.id == response_id, StoredResponse.status.in_(UNFINISHED))
@@ -262,6 +277,9 @@ class ResponseStore:
             )
             if rows:
                 await connection.execute(insert(ResponseItem), rows)
+            if gone:
+                assert conversation_id is not None
+                await detach(connection, conversation_id)
         return True
 
     async def set_status(self, response_id: str, status: str, lease_until: int | None) -> None:

@@ -401,3 +401,26 @@ def test_a_redis_that_does_not_answer_does_not_take_the_api_down(
             sdk(server, "sk-wrong").models.list()
 
     assert "rate-limit storage unavailable" in caplog.text
+
+
+def test_responses_and_conversations_count_against_requests_per_minute(
+    start_server: ServerFactory, sdk: SdkFactory
+) -> None:
+    server = start_server(rate_limit_rpm=4, rate_limit_tpm=10_000)
+    client = sdk(server, "sk-anything")
+    _same_minute()
+
+    created = client.responses.with_raw_response.create(model="echo", input="hello there")
+    response_id = created.parse().id
+    read = client.responses.with_raw_response.retrieve(response_id)
+    conversation = client.conversations.with_raw_response.create()
+    counted = client.responses.input_tokens.with_raw_response.count(model="echo", input="hi")
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.conversations.retrieve(conversation.parse().id)
+
+    assert int(created.headers["x-ratelimit-remaining-tokens"]) < 10_000
+    assert [
+        raw.headers["x-ratelimit-remaining-requests"]
+        for raw in (created, read, conversation, counted)
+    ] == ["3", "2", "1", "0"]
+    assert refused.value.code == "rate_limit_exceeded"

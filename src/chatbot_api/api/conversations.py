@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from chatbot_api.api.deps import PrincipalDep, ServicesDep
+from chatbot_api.api.deps import CountedDep, PrincipalDep, ServicesDep
 from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
 from chatbot_api.schemas.response_objects import (
@@ -43,13 +43,16 @@ Order = Annotated[Literal["asc", "desc"], Query(description="Oldest (`asc`) or n
     responses=error_responses(400, 408, 413),
 )
 async def create_conversation(
-    body: CreateConversationRequest, services: ServicesDep, principal: PrincipalDep
+    body: CreateConversationRequest,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    limits: CountedDep,
 ) -> JSONResponse:
     """A new conversation, with up to 20 initial `items` and `metadata` (`{}` for neither)."""
     created = await services.responses.create_conversation(
         principal.owner, body.metadata or {}, body.items or []
     )
-    return JSONResponse(created)
+    return JSONResponse(created, headers=limits)
 
 
 @router.get(
@@ -59,10 +62,13 @@ async def create_conversation(
     responses=error_responses(404),
 )
 async def retrieve_conversation(
-    conversation_id: ConversationId, services: ServicesDep, principal: PrincipalDep
+    conversation_id: ConversationId,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    limits: CountedDep,
 ) -> JSONResponse:
     return JSONResponse(
-        await services.responses.conversations.get(principal.owner, conversation_id)
+        await services.responses.conversations.get(principal.owner, conversation_id), headers=limits
     )
 
 
@@ -77,12 +83,13 @@ async def update_conversation(
     body: UpdateConversationRequest,
     services: ServicesDep,
     principal: PrincipalDep,
+    limits: CountedDep,
 ) -> JSONResponse:
     """Replaces `metadata`."""
     updated = await services.responses.conversations.update(
         principal.owner, conversation_id, body.metadata
     )
-    return JSONResponse(updated)
+    return JSONResponse(updated, headers=limits)
 
 
 @router.delete(
@@ -92,11 +99,14 @@ async def update_conversation(
     responses=error_responses(404),
 )
 async def delete_conversation(
-    conversation_id: ConversationId, services: ServicesDep, principal: PrincipalDep
+    conversation_id: ConversationId,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    limits: CountedDep,
 ) -> JSONResponse:
     """Deletes the conversation and its items; items of stored responses stay with them."""
     deleted = await services.responses.conversations.delete(principal.owner, conversation_id)
-    return JSONResponse(deleted)
+    return JSONResponse(deleted, headers=limits)
 
 
 @router.get(
@@ -109,6 +119,7 @@ async def list_items(
     conversation_id: ConversationId,
     services: ServicesDep,
     principal: PrincipalDep,
+    limits: CountedDep,
     after: After = None,
     limit: Limit = 20,
     order: Order = "desc",
@@ -118,7 +129,7 @@ async def list_items(
         principal.owner, conversation_id, after=after, limit=limit, order=order
     )
     wire: dict[str, Any] = page.to_wire()
-    return JSONResponse(wire)
+    return JSONResponse(wire, headers=limits)
 
 
 @router.post(
@@ -132,12 +143,13 @@ async def create_items(
     body: CreateItemsRequest,
     services: ServicesDep,
     principal: PrincipalDep,
+    limits: CountedDep,
 ) -> JSONResponse:
     """Appends up to 20 items; the answer lists them as stored, with their ids."""
     added = await services.responses.add_conversation_items(
         principal.owner, conversation_id, body.items
     )
-    return JSONResponse(added)
+    return JSONResponse(added, headers=limits)
 
 
 @router.get(
@@ -150,11 +162,12 @@ async def retrieve_item(
     item_id: ItemId,
     services: ServicesDep,
     principal: PrincipalDep,
+    limits: CountedDep,
 ) -> JSONResponse:
     item = await services.responses.conversations.get_item(
         principal.owner, conversation_id, item_id
     )
-    return JSONResponse(item)
+    return JSONResponse(item, headers=limits)
 
 
 @router.delete(
@@ -168,9 +181,10 @@ async def delete_item(
     item_id: ItemId,
     services: ServicesDep,
     principal: PrincipalDep,
+    limits: CountedDep,
 ) -> JSONResponse:
     """Takes the item out of the conversation; the conversation is returned."""
     conversation = await services.responses.conversations.delete_item(
         principal.owner, conversation_id, item_id
     )
-    return JSONResponse(conversation)
+    return JSONResponse(conversation, headers=limits)

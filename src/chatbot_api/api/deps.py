@@ -16,7 +16,15 @@ from chatbot_api.middleware import REQUEST_ID_STATE
 from chatbot_api.security.auth import Principal
 from chatbot_api.state import AppServices
 
-__all__ = ["PrincipalDep", "ServicesDep", "authenticate", "client_address", "request_id"]
+__all__ = [
+    "CountedDep",
+    "PrincipalDep",
+    "ServicesDep",
+    "authenticate",
+    "client_address",
+    "count_request",
+    "request_id",
+]
 
 
 async def get_services(request: Request) -> AppServices:
@@ -55,3 +63,19 @@ async def authenticate(request: Request, services: ServicesDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+async def count_request(
+    request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Headers:
+    """One request against the caller's requests per minute (it uses no tokens); 429 over
+    the limit. For the routes that generate nothing (reading and changing stored responses
+    and conversations); they answer with the ``x-ratelimit-*`` headers returned."""
+    quota = await services.limiter.admit(principal, client_address(request), tokens=0)
+    await quota.settle(0)
+    return quota.headers
+
+
+Headers = dict[str, str]
+#: The rate-limit headers of a request counted by :func:`count_request`.
+CountedDep = Annotated[Headers, Depends(count_request)]

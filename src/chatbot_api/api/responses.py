@@ -10,7 +10,13 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from chatbot_api.api.connection import event_stream, while_connected
-from chatbot_api.api.deps import PrincipalDep, ServicesDep, client_address, request_id
+from chatbot_api.api.deps import (
+    CountedDep,
+    PrincipalDep,
+    ServicesDep,
+    client_address,
+    request_id,
+)
 from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
 from chatbot_api.schemas.response_objects import (
@@ -108,12 +114,12 @@ async def create_response(
     responses=error_responses(400, 404, 408, 413, 502, 503),
 )
 async def count_input_tokens(
-    body: InputTokensRequest, services: ServicesDep, principal: PrincipalDep
+    body: InputTokensRequest, services: ServicesDep, principal: PrincipalDep, limits: CountedDep
 ) -> JSONResponse:
     """How many tokens the model would read for this input (with its instructions, tools and
     the stored context it names), counted with the model's own tokenizer where it has one."""
     count = await services.responses.count_input_tokens(body, principal)
-    return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": count}, headers=limits)
 
 
 @router.get(
@@ -123,10 +129,12 @@ async def count_input_tokens(
     responses=error_responses(404, 503),
 )
 async def retrieve_response(
-    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep
+    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep, limits: CountedDep
 ) -> JSONResponse:
     """A stored response as it stands: a background one shows its progress."""
-    return JSONResponse(await services.responses.responses.get(principal.owner, response_id))
+    return JSONResponse(
+        await services.responses.responses.get(principal.owner, response_id), headers=limits
+    )
 
 
 @router.delete(
@@ -136,10 +144,12 @@ async def retrieve_response(
     responses=error_responses(404, 503),
 )
 async def delete_response(
-    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep
+    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep, limits: CountedDep
 ) -> JSONResponse:
     """Deletes the response and its items; items that a conversation holds stay there."""
-    return JSONResponse(await services.responses.responses.delete(principal.owner, response_id))
+    return JSONResponse(
+        await services.responses.responses.delete(principal.owner, response_id), headers=limits
+    )
 
 
 @router.post(
@@ -149,11 +159,13 @@ async def delete_response(
     responses=error_responses(400, 404, 503),
 )
 async def cancel_response(
-    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep
+    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep, limits: CountedDep
 ) -> JSONResponse:
     """Stops a `background` response that is still queued or in progress (`cancelled`); a
     finished one is returned as it is."""
-    return JSONResponse(await services.background.cancel(principal.owner, response_id))
+    return JSONResponse(
+        await services.background.cancel(principal.owner, response_id), headers=limits
+    )
 
 
 @router.get(
@@ -166,6 +178,7 @@ async def list_input_items(
     response_id: ResponseId,
     services: ServicesDep,
     principal: PrincipalDep,
+    limits: CountedDep,
     after: After = None,
     limit: Limit = 20,
     order: Order = "desc",
@@ -176,4 +189,4 @@ async def list_input_items(
         principal.owner, response_id, after=after, limit=limit, order=order
     )
     wire: dict[str, Any] = page.to_wire()
-    return JSONResponse(wire)
+    return JSONResponse(wire, headers=limits)

@@ -132,7 +132,10 @@ def create_app(
             response_store = ResponseStore(database, lease_seconds=lease)
             resources.push_async_callback(response_store.close)
             response_service = ResponseService(
-                chat_service, response_store, ConversationStore(database)
+                chat_service,
+                response_store,
+                ConversationStore(database),
+                max_context_chars=settings.max_context_chars,
             )
             background = BackgroundResponses(response_service, renew_seconds=lease / 5)
             resources.push_async_callback(background.close)

@@ -151,6 +151,15 @@ class Settings(BaseSettings):
     store_flush_seconds: float = Field(
         default=30.0, ge=0, description="At shutdown, how long to wait for pending writes."
     )
+    max_context_chars: int = Field(
+        default=8_000_000,
+        ge=1000,
+        description=(
+            "The most stored context (items' JSON, in characters) one Responses turn reads "
+            "through `previous_response_id` or `conversation`; more is a 400, or with "
+            "`truncation: auto` the oldest items are left out."
+        ),
+    )
     background_lease_seconds: int = Field(
         default=15,
         ge=2,

@@ -19,6 +19,7 @@ from chatbot_api.api.deps import (
 )
 from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
+from chatbot_api.errors import UnsupportedParameterError
 from chatbot_api.schemas.response_objects import (
     InputTokens,
     ResponseDeleted,
@@ -126,12 +127,24 @@ async def count_input_tokens(
     "/{response_id}",
     summary="Retrieve a model response",
     response_model=ResponseObject,
-    responses=error_responses(404, 503),
+    responses=error_responses(400, 404, 503),
 )
 async def retrieve_response(
-    response_id: ResponseId, services: ServicesDep, principal: PrincipalDep, limits: CountedDep
+    response_id: ResponseId,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    limits: CountedDep,
+    stream: Annotated[
+        bool, Query(description="Replaying a response's events is not offered here.")
+    ] = False,
 ) -> JSONResponse:
     """A stored response as it stands: a background one shows its progress."""
+    if stream:
+        raise UnsupportedParameterError(
+            "Unsupported parameter: 'stream'. This server does not keep a response's events "
+            "to replay them; retrieve the response as JSON.",
+            param="stream",
+        )
     return JSONResponse(
         await services.responses.responses.get(principal.owner, response_id), headers=limits
     )

@@ -196,6 +196,22 @@ class ConversationRef(_Lenient):
     id: str = Field(min_length=1, max_length=128)
 
 
+def _text_or_object(value: Any) -> str:
+    return "~text" if isinstance(value, str) else "~object"
+
+
+ConversationParam = Annotated[
+    Annotated[Annotated[str, Field(min_length=1, max_length=128)], Tag("~text")]
+    | Annotated[ConversationRef, Tag("~object")],
+    Discriminator(_text_or_object),
+]
+
+ToolChoice = Annotated[
+    Annotated[str, Tag("~text")] | Annotated[dict[str, Any], Tag("~object")],
+    Discriminator(_text_or_object),
+]
+
+
 class ReasoningParam(_Lenient):
     effort: str | None = None
     summary: str | None = None
@@ -214,9 +230,9 @@ class _InputFields(BaseModel):
     input: Input | None = None
     instructions: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
     previous_response_id: str | None = Field(default=None, max_length=128)
-    conversation: str | ConversationRef | None = None
+    conversation: ConversationParam | None = None
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     text: TextParam | None = None
     reasoning: ReasoningParam | None = None

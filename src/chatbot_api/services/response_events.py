@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from chatbot_api.errors import ChatbotAPIError
+from chatbot_api.ids import new_id
 from chatbot_api.providers.base import (
     Finish,
     GenerationEvent,
@@ -19,7 +20,6 @@ from chatbot_api.providers.base import (
     TokenLogprob,
     ToolCallDelta,
 )
-from chatbot_api.services.response_items import new_id
 
 __all__ = ["ResponseBuilder", "response_error", "wire_usage"]
 
@@ -95,11 +95,9 @@ class ResponseBuilder:
             {"reason": self._incomplete} if self._incomplete is not None else None
         )
         body["completed_at"] = self._completed_at
-        body["usage"] = (
-            wire_usage(self.input_tokens, self.output_tokens)
-            if self.status not in ("queued", "in_progress")
-            else None
-        )
+        if body["status"] in ("completed", "incomplete"):
+            # Optional but never null in the spec: left out until it is known.
+            body["usage"] = wire_usage(self.input_tokens, self.output_tokens)
         return body
 
     def _event(self, kind: str, **fields: Any) -> Event:

@@ -8,11 +8,10 @@ with ``tool_calls`` and each call's output as a ``tool`` message.
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from chatbot_api.ids import new_id, renamed
 from chatbot_api.schemas.responses import (
     AssistantInputMessage,
     FunctionCallItem,
@@ -26,14 +25,9 @@ from chatbot_api.schemas.responses import (
     RefusalPart,
 )
 
-__all__ = ["context_messages", "new_id", "renamed", "stored_items"]
+__all__ = ["context_messages", "stored_items"]
 
 Item = dict[str, Any]
-
-
-def new_id(prefix: str) -> str:
-    """``prefix_`` and 32 hex digits that sort by time (milliseconds first, then random)."""
-    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def _parts(content: str | list[Any], *, kind: str) -> list[dict[str, Any]]:
@@ -120,18 +114,6 @@ def stored_items(items: Sequence[InputItem], references: dict[str, Item]) -> lis
             kept.setdefault("summary", [])
             out.append(kept)
     return renamed(out, taken=set())
-
-
-def renamed(items: list[Item], *, taken: set[str]) -> list[Item]:
-    """``items`` with a new id for each whose id is in ``taken`` or earlier in the list: an
-    item's id names one item of a listing (a cursor ``after`` it is then unambiguous)."""
-    seen = set(taken)
-    for item in items:
-        if item["id"] in seen:
-            prefix = item["id"].split("_", 1)[0] if "_" in item["id"] else "item"
-            item["id"] = new_id(prefix)
-        seen.add(item["id"])
-    return items
 
 
 def _chat_content(parts: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:

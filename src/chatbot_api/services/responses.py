@@ -20,10 +20,12 @@ from pydantic import ValidationError
 
 from chatbot_api.errors import (
     ChatbotAPIError,
+    ContextLengthExceededError,
     InvalidRequestError,
     UnsupportedParameterError,
     internal_error,
 )
+from chatbot_api.ids import new_id
 from chatbot_api.providers.base import GenerationEvent, Usage
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import CompletionUsage
@@ -37,12 +39,7 @@ from chatbot_api.schemas.responses import (
 from chatbot_api.security.auth import Principal
 from chatbot_api.services.chat import ChatService, ChatStream, PreparedChat
 from chatbot_api.services.response_events import Event, ResponseBuilder
-from chatbot_api.services.response_items import (
-    context_messages,
-    new_id,
-    renamed,
-    stored_items,
-)
+from chatbot_api.services.response_items import context_messages, stored_items
 from chatbot_api.store.conversations import ConversationStore
 from chatbot_api.store.responses import ResponseRecord, ResponseStore
 
@@ -128,8 +125,11 @@ class ResponseService:
         chat: ChatService,
         responses: ResponseStore,
         conversations: ConversationStore,
+        *,
+        max_context_chars: int = 8_000_000,
     ) -> None:
         self._chat = chat
+        self._max_context_chars = max_context_chars
         self.responses = responses
         self.conversations = conversations
 
@@ -222,12 +222,26 @@ class ResponseService:
             given = list(raw)
         input_items = await self._items(principal.owner, given, "input")
         context: list[Item] = []
+        dropped = 0
+        most = self._max_context_chars
         if request.previous_response_id is not None:
-            _, context = await self.responses.context(principal.owner, request.previous_response_id)
+            found = await self.responses.context(
+                principal.owner, request.previous_response_id, max_chars=most
+            )
+            context, dropped = found.items, found.dropped
         elif request.conversation_id is not None:
-            context = await self.conversations.items(principal.owner, request.conversation_id)
-            taken = {item["id"] for item in context}
-            input_items = renamed(input_items, taken=taken)
+            context, dropped = await self.conversations.items(
+                principal.owner, request.conversation_id, max_chars=most
+            )
+        if dropped and request.truncation != "auto":
+            raise ContextLengthExceededError(
+                f"The stored context this response continues is larger than a turn may read "
+                f"({most} characters of items, CHATBOT_MAX_CONTEXT_CHARS): its {dropped} "
+                "oldest items do not fit. Send 'truncation': 'auto' to leave them out.",
+                param="previous_response_id"
+                if request.previous_response_id is not None
+                else "conversation",
+            )
         return input_items, context
 
     async def _items(self, owner: str, given: Sequence[Any], param: str) -> list[Item]:
@@ -250,17 +264,8 @@ class ResponseService:
     async def add_conversation_items(
         self, owner: str, conversation_id: str, items: Sequence[Any]
     ) -> dict[str, Any]:
-        stored = await self._joining(
-            owner, conversation_id, await self._items(owner, items, "items")
-        )
+        stored = await self._items(owner, items, "items")
         return await self.conversations.add_items(owner, conversation_id, stored)
-
-    async def _joining(self, owner: str, conversation_id: str, items: list[Item]) -> list[Item]:
-        """``items`` about to join a conversation, with new ids for those whose id one of its
-        items has already (an item referenced again, an answer sent back as input)."""
-        ids = [item["id"] for item in items]
-        taken = await self.conversations.taken_ids(owner, conversation_id, ids)
-        return renamed(items, taken=taken) if taken else items
 
     async def count_input_tokens(self, body: InputTokensRequest, principal: Principal) -> int:
         """The tokens a response to ``body`` would read: the provider's own count where it
@@ -501,7 +506,9 @@ def _chat_fields(request: CreateResponseRequest) -> tuple[dict[str, Any], list[d
             problem = exc.errors()[0]
             where = ".".join(str(part) for part in problem["loc"])
             raise InvalidRequestError(
-                f"Invalid tool: {problem['msg']}.", param=f"tools[{i}].{where}"
+                f"Invalid tool: {problem['msg']}.",
+                param=f"tools[{i}].{where}",
+                code="invalid_value",
             ) from None
         tools.append(
             {

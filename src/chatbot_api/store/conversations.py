@@ -13,16 +13,18 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatbot_api.db.engine import Database
 from chatbot_api.db.tables import Conversation, ResponseItem
 from chatbot_api.errors import NotFoundError
+from chatbot_api.ids import renamed
 from chatbot_api.store.access import Order, Page, matchable, reading, writing
 
 __all__ = [
     "ConversationStore",
+    "bounded_items",
     "conversation_items",
     "conversation_not_found",
     "detach",
@@ -30,6 +32,7 @@ __all__ = [
     "item_rows",
     "lock_conversation",
     "still_there",
+    "taken_ids",
 ]
 
 Item = dict[str, Any]
@@ -105,6 +108,18 @@ async def still_there(connection: AsyncConnection, owner: str, conversation_id: 
     return row.first() is not None
 
 
+async def taken_ids(connection: AsyncConnection, conversation_id: str, ids: list[str]) -> set[str]:
+    """Which of ``ids`` the conversation's items already have."""
+    if not ids:
+        return set()
+    rows = await connection.execute(
+        select(ResponseItem.id).where(
+            ResponseItem.conversation_id == conversation_id, ResponseItem.id.in_(ids)
+        )
+    )
+    return set(rows.scalars())
+
+
 async def detach(connection: AsyncConnection, conversation_id: str) -> None:
     """What a deleted conversation leaves: its items that no response keeps are gone, the
     others stay with their responses (after a turn that ended once it was deleted, too)."""
@@ -120,17 +135,56 @@ async def detach(connection: AsyncConnection, conversation_id: str) -> None:
     )
 
 
+def _first_kept(sizes: Sequence[Any], max_chars: int) -> tuple[int, int]:
+    """Of items (``seq``, size) in order: the ``seq`` from which the newest fit in
+    ``max_chars``, and how many older ones are left out."""
+    total = 0
+    for index in range(len(sizes) - 1, -1, -1):
+        total += sizes[index][1] or 0
+        if total > max_chars:
+            kept = sizes[index + 1][0] if index + 1 < len(sizes) else sizes[-1][0] + 1
+            return kept, index + 1
+    return (sizes[0][0] if sizes else 0), 0
+
+
 async def conversation_items(
-    connection: AsyncConnection, owner: str, conversation_id: str, *, before_seq: int | None
-) -> list[Item]:
-    """Every item of a conversation in order (only those before ``before_seq`` if given)."""
-    query = select(ResponseItem.item_json).where(
-        ResponseItem.conversation_id == conversation_id, ResponseItem.owner == owner
-    )
+    connection: AsyncConnection,
+    owner: str,
+    conversation_id: str,
+    *,
+    before_seq: int | None,
+    max_chars: int,
+) -> tuple[list[Item], int]:
+    """A conversation's items in order (only those before ``before_seq`` if given), the
+    newest that fit in ``max_chars`` of JSON; and how many older ones did not fit."""
+    mine = [ResponseItem.conversation_id == conversation_id, ResponseItem.owner == owner]
     if before_seq is not None:
-        query = query.where(ResponseItem.seq < before_seq)
-    rows = await connection.execute(query.order_by(ResponseItem.seq))
-    return [json.loads(text) for text in rows.scalars()]
+        mine.append(ResponseItem.seq < before_seq)
+    return await bounded_items(connection, tuple(mine), max_chars)
+
+
+async def bounded_items(
+    connection: AsyncConnection, where: tuple[Any, ...], max_chars: int
+) -> tuple[list[Item], int]:
+    """The items ``where`` selects, in order, the newest that fit in ``max_chars`` of JSON;
+    and how many older ones did not. Their sizes are read first: a context that does not
+    fit is never loaded whole."""
+    sizes = (
+        await connection.execute(
+            select(ResponseItem.seq, func.length(ResponseItem.item_json))
+            .where(*where)
+            .order_by(ResponseItem.seq)
+        )
+    ).all()
+    if not sizes:
+        return [], 0
+    first, dropped = _first_kept(sizes, max_chars)
+    rows = await connection.execute(
+        select(ResponseItem.item_json)
+        .where(*where, ResponseItem.seq >= first)
+        .order_by(ResponseItem.seq)
+    )
+    return [json.loads(text) for text in rows.scalars()], dropped
 
 
 async def item_page(
@@ -211,8 +265,11 @@ class ConversationStore:
             raise conversation_not_found(conversation_id, "conversation_id")
         return _wire(row)
 
-    async def items(self, owner: str, conversation_id: str) -> list[Item]:
-        """Every item of the caller's conversation, for a response that continues it."""
+    async def items(
+        self, owner: str, conversation_id: str, *, max_chars: int
+    ) -> tuple[list[Item], int]:
+        """The caller's conversation's items for a response that continues it: the newest
+        that fit in ``max_chars``, and how many older ones did not."""
         if not matchable(conversation_id):
             raise conversation_not_found(conversation_id)
         async with reading(self._database) as connection:
@@ -223,7 +280,9 @@ class ConversationStore:
             )
             if exists.first() is None:
                 raise conversation_not_found(conversation_id)
-            return await conversation_items(connection, owner, conversation_id, before_seq=None)
+            return await conversation_items(
+                connection, owner, conversation_id, before_seq=None, max_chars=max_chars
+            )
 
     async def update(
         self, owner: str, conversation_id: str, metadata: dict[str, str]
@@ -247,10 +306,13 @@ class ConversationStore:
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
     async def add_items(
-        self, owner: str, conversation_id: str, items: Sequence[Item]
+        self, owner: str, conversation_id: str, items: list[Item]
     ) -> dict[str, Any]:
+        """Append ``items``; one whose id the conversation has already gets a new one."""
         async with writing(self._database) as connection:
             await lock_conversation(connection, owner, conversation_id, "conversation_id")
+            ids = [item["id"] for item in items]
+            renamed(items, taken=await taken_ids(connection, conversation_id, ids))
             await connection.execute(
                 insert(ResponseItem),
                 item_rows(
@@ -272,20 +334,6 @@ class ConversationStore:
                 ResponseItem.conversation_id == conversation_id, ResponseItem.owner == owner
             )
             return await item_page(connection, query, after=after, limit=limit, order=order)
-
-    async def taken_ids(self, owner: str, conversation_id: str, ids: Sequence[str]) -> set[str]:
-        """Which of ``ids`` the conversation's items already have."""
-        if not ids or not matchable(conversation_id, *ids):
-            return set()
-        async with reading(self._database) as connection:
-            rows = await connection.execute(
-                select(ResponseItem.id).where(
-                    ResponseItem.conversation_id == conversation_id,
-                    ResponseItem.owner == owner,
-                    ResponseItem.id.in_(ids),
-                )
-            )
-            return set(rows.scalars())
 
     async def get_item(self, owner: str, conversation_id: str, item_id: str) -> Item:
         await self.get(owner, conversation_id)

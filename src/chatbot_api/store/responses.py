@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, literal, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,17 +26,19 @@ from chatbot_api.db.engine import Database
 from chatbot_api.db.sqlite_thread import SqliteThread
 from chatbot_api.db.tables import Conversation, ResponseItem, StoredResponse
 from chatbot_api.errors import InvalidRequestError, NotFoundError
+from chatbot_api.ids import renamed
 from chatbot_api.store.access import Order, Page, matchable, reading, writing
 from chatbot_api.store.conversations import (
-    conversation_items,
+    bounded_items,
     detach,
     item_page,
     item_rows,
     still_there,
+    taken_ids,
 )
 from chatbot_api.store.group_commit import GroupCommit
 
-__all__ = ["UNFINISHED", "ResponseRecord", "ResponseStore"]
+__all__ = ["UNFINISHED", "Context", "ResponseRecord", "ResponseStore"]
 
 Item = dict[str, Any]
 
@@ -129,11 +131,58 @@ def _item_values(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class Context:
+    """The stored items a turn reads, and how many older ones did not fit."""
+
+    model: str
+    items: list[Item]
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Turn:
     record: ResponseRecord | None
-    rows: list[dict[str, Any]]
+    input_items: list[Item]
+    output_items: list[Item]
     owner: str
     conversation_id: str | None
+
+    def rows(self) -> list[dict[str, Any]]:
+        response_id = self.record.id if self.record is not None else None
+        return [
+            *item_rows(
+                self.input_items,
+                owner=self.owner,
+                role="input",
+                response_id=response_id,
+                conversation_id=self.conversation_id,
+            ),
+            *item_rows(
+                self.output_items,
+                owner=self.owner,
+                role="output",
+                response_id=response_id,
+                conversation_id=self.conversation_id,
+            ),
+        ]
+
+
+def _sqlite_taken(connection: sqlite3.Connection, conversation_id: str, ids: list[str]) -> set[str]:
+    """Which of ``ids`` the conversation's items already have."""
+    if not ids:
+        return set()
+    marks = ",".join("?" * len(ids))
+    rows = connection.execute(
+        "SELECT id FROM response_items WHERE conversation_id = ? AND id IN (" + marks + ")",
+        (conversation_id, *ids),
+    )
+    return {row[0] for row in rows}
+
+
+def _abandoned(row: Any) -> bool:
+    """A response still unfinished whose server stopped renewing its lease (a crash)."""
+    lease = row.lease_until
+    return bool(row.status in UNFINISHED and lease is not None and lease < time.time())
 
 
 class ResponseStore:
@@ -151,48 +200,43 @@ class ResponseStore:
     async def save(
         self,
         record: ResponseRecord | None,
-        input_items: Sequence[Item],
-        output_items: Sequence[Item],
+        input_items: list[Item],
+        output_items: list[Item],
         *,
         owner: str,
         conversation_id: str | None,
     ) -> None:
         """One turn, committed when this returns: the response (None with ``store: false``)
-        and its items, appended to ``conversation_id`` when it has one. Turns saved at the
-        same time share a transaction (``GroupCommit``)."""
-        response_id = record.id if record is not None else None
-        rows = item_rows(
-            input_items,
-            owner=owner,
-            role="input",
-            response_id=response_id,
-            conversation_id=conversation_id,
-        ) + item_rows(
-            output_items,
-            owner=owner,
-            role="output",
-            response_id=response_id,
-            conversation_id=conversation_id,
-        )
-        await self._turns.submit(_Turn(record, rows, owner, conversation_id))
+        and its items, appended to ``conversation_id`` when it has one (an input item whose
+        id the conversation has already gets a new one). Turns saved at the same time share
+        a transaction (``GroupCommit``)."""
+        turn = _Turn(record, input_items, output_items, owner, conversation_id)
+        await self._turns.submit(turn)
 
     async def _write_turns(self, turns: Sequence[_Turn]) -> None:
+        conversations = sorted({(t.owner, t.conversation_id) for t in turns if t.conversation_id})
         if self._sqlite is not None:
             values = [_values(t.record) for t in turns if t.record is not None]
-            items = [_item_values(row) for t in turns for row in t.rows]
-            conversations = sorted(
-                {(t.owner, t.conversation_id) for t in turns if t.conversation_id}
-            )
 
             def write(connection: sqlite3.Connection) -> None:
-                gone = [
+                gone = {
                     conversation_id
                     for owner, conversation_id in conversations
                     if connection.execute(_SQLITE_CONVERSATION, (conversation_id, owner)).fetchone()
                     is None
-                ]
+                }
+                taken: dict[str, set[str]] = {}
+                for turn in turns:
+                    if turn.conversation_id and turn.conversation_id not in gone:
+                        ids = [item["id"] for item in turn.input_items]
+                        held = taken.setdefault(turn.conversation_id, set())
+                        held |= _sqlite_taken(connection, turn.conversation_id, ids)
+                        renamed(turn.input_items, taken=held)
+                        held.update(ids)
                 connection.executemany(_SQLITE_INSERT_RESPONSE, values)
-                connection.executemany(_SQLITE_INSERT_ITEM, items)
+                connection.executemany(
+                    _SQLITE_INSERT_ITEM, [_item_values(row) for t in turns for row in t.rows()]
+                )
                 for conversation_id in gone:
                     connection.execute(_SQLITE_DROP_LOOSE_ITEMS, (conversation_id,))
                     connection.execute(_SQLITE_DETACH_ITEMS, (conversation_id,))
@@ -200,17 +244,23 @@ class ResponseStore:
             await self._sqlite.transaction(write)
             return
         async with writing(self._database) as connection:
-            gone = [
+            gone = {
                 conversation_id
-                for owner, conversation_id in sorted(
-                    {(t.owner, t.conversation_id) for t in turns if t.conversation_id}
-                )
+                for owner, conversation_id in conversations
                 if not await still_there(connection, owner, conversation_id)
-            ]
+            }
+            held: dict[str, set[str]] = {}
+            for turn in turns:
+                if turn.conversation_id and turn.conversation_id not in gone:
+                    ids = [item["id"] for item in turn.input_items]
+                    seen = held.setdefault(turn.conversation_id, set())
+                    seen |= await taken_ids(connection, turn.conversation_id, ids)
+                    renamed(turn.input_items, taken=seen)
+                    seen.update(ids)
             records = [self._row(t.record) for t in turns if t.record is not None]
             if records:
                 await connection.execute(insert(StoredResponse), records)
-            rows = [row for t in turns for row in t.rows]
+            rows = [row for t in turns for row in t.rows()]
             if rows:
                 await connection.execute(insert(ResponseItem), rows)
             for conversation_id in gone:
@@ -353,8 +403,7 @@ class ResponseStore:
         body: dict[str, Any] = json.loads(row.body_json)
         body["status"] = row.status
         body["output"] = items
-        lease = row.lease_until
-        if row.status in UNFINISHED and lease is not None and lease < time.time():
+        if _abandoned(row):
             await self._give_up(response_id)
             body.update(status="failed", error=_ABANDONED)
         return body
@@ -382,8 +431,8 @@ class ResponseStore:
             )
 
     async def cancel(self, owner: str, response_id: str) -> dict[str, Any]:
-        """Mark a background response cancelled (its server stops it); a finished one is
-        returned as it is."""
+        """Mark a background response cancelled (its server stops it); a finished one (or
+        one whose server stopped: failed) is returned as it is."""
         async with writing(self._database) as connection:
             row = await self._response_row(connection, owner, response_id, "response_id")
             if not row.background:
@@ -392,7 +441,7 @@ class ResponseStore:
                     param="response_id",
                     code="invalid_value",
                 )
-            if row.status in UNFINISHED:
+            if row.status in UNFINISHED and not _abandoned(row):
                 body = json.loads(row.body_json)
                 body["status"] = "cancelled"
                 await connection.execute(
@@ -405,8 +454,17 @@ class ResponseStore:
     async def delete(self, owner: str, response_id: str) -> dict[str, Any]:
         """Delete a response and its items; the items a conversation holds stay there."""
         async with writing(self._database) as connection:
-            await self._response_row(connection, owner, response_id, "response_id")
+            row = await self._response_row(connection, owner, response_id, "response_id")
             await connection.execute(delete(StoredResponse).where(StoredResponse.id == response_id))
+            # Its turn leaves the history: what continued from it continues from its parent.
+            await connection.execute(
+                update(StoredResponse)
+                .where(
+                    StoredResponse.previous_response_id == response_id,
+                    StoredResponse.owner == owner,
+                )
+                .values(previous_response_id=row.previous_response_id)
+            )
             await connection.execute(
                 delete(ResponseItem).where(
                     ResponseItem.response_id == response_id, ResponseItem.conversation_id.is_(None)
@@ -429,13 +487,16 @@ class ResponseStore:
             )
             return await item_page(connection, query, after=after, limit=limit, order=order)
 
-    async def context(self, owner: str, response_id: str) -> tuple[str, list[Item]]:
-        """What a continuation of ``response_id`` reads: every item of its chain in order
+    async def context(self, owner: str, response_id: str, *, max_chars: int) -> Context:
+        """What a continuation of ``response_id`` reads: the items of its chain in order
         (and, when the chain began in a conversation, that conversation's items before it),
-        with the model that wrote it. 404 when it is not the caller's; 400 while it runs."""
+        the newest that fit in ``max_chars``. 404 when it is not the caller's; 400 while it
+        runs."""
         async with reading(self._database) as connection:
             row = await self._response_row(connection, owner, response_id, "previous_response_id")
-            if row.status in UNFINISHED:
+            if _abandoned(row):
+                await self._give_up(response_id)  # failed: what it read can be continued
+            elif row.status in UNFINISHED:
                 raise InvalidRequestError(
                     f"Response '{response_id}' is still {row.status.replace('_', ' ')}; "
                     "continue from it once it has finished.",
@@ -468,19 +529,27 @@ class ResponseStore:
                     select(chain.c.id, chain.c.conversation_id).order_by(chain.c.depth.desc())
                 )
             ).all()
-            items = await connection.execute(
-                select(ResponseItem.seq, ResponseItem.item_json)
-                .where(ResponseItem.response_id.in_(select(chain.c.id)))
-                .order_by(ResponseItem.seq)
-            )
-            rows = items.all()
-            before: list[Item] = []
+            in_chain = ResponseItem.response_id.in_([link.id for link in links])
             root_conversation = links[0].conversation_id if links else None
-            if root_conversation is not None and rows:
-                before = await conversation_items(
-                    connection, owner, root_conversation, before_seq=rows[0].seq
+            first = (
+                await connection.execute(select(func.min(ResponseItem.seq)).where(in_chain))
+            ).scalar()
+            if root_conversation is not None and first is not None:
+                # The conversation's items before the chain began, then the chain's own.
+                where = (
+                    or_(
+                        in_chain,
+                        and_(
+                            ResponseItem.conversation_id == root_conversation,
+                            ResponseItem.owner == owner,
+                            ResponseItem.seq < first,
+                        ),
+                    ),
                 )
-        return row.model, before + [json.loads(r.item_json) for r in rows]
+            else:
+                where = (in_chain,)
+            items, dropped = await bounded_items(connection, where, max_chars)
+        return Context(row.model, items, dropped)
 
     async def referenced(self, owner: str, item_ids: Sequence[str]) -> dict[str, Item]:
         """The caller's stored items with these ids (the newest of each id)."""

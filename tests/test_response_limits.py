@@ -98,7 +98,7 @@ def test_a_malformed_conversation_is_named_as_the_client_wrote_it(
     client = sdk(start_server(), "sk-anything")
 
     with pytest.raises(openai.BadRequestError) as empty:
-        client.responses.create(model="echo", input="x", conversation={})  # type: ignore[typeddict-item]
+        client.responses.create(model="echo", input="x", conversation={})  # type: ignore[call-overload]
     with pytest.raises(openai.BadRequestError) as too_long:
         client.responses.create(model="echo", input="x", conversation="c" * 1000)
 

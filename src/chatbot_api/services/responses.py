@@ -148,7 +148,9 @@ class ResponseService:
         messages = context_messages(request.instructions, [*context, *input_items])
         if not messages:
             raise InvalidRequestError(
-                "Missing required parameter: 'input'.", param="input", code="missing_required"
+                "Missing required parameter: 'input'.",
+                param="input",
+                code="missing_required_parameter",
             )
         try:
             chat_request = ChatCompletionRequest.model_validate(

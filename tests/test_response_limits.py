@@ -104,3 +104,18 @@ def test_a_malformed_conversation_is_named_as_the_client_wrote_it(
 
     assert empty.value.param == "conversation.id"
     assert too_long.value.param == "conversation"
+
+
+@pytest.mark.parametrize("reference", [{"type": None, "id": "msg_nope"}, {"id": "msg_nope"}])
+def test_an_item_reference_without_its_type_is_looked_up_when_counting(
+    start_server: ServerFactory, reference: dict[str, object]
+) -> None:
+    server = start_server()
+
+    answer = httpx.post(
+        f"{server.base_url}/v1/responses/input_tokens",
+        json={"model": "echo", "input": [reference]},
+    )
+
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "input[0].id"

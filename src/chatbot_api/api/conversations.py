@@ -67,6 +67,7 @@ async def retrieve_conversation(
     principal: PrincipalDep,
     limits: CountedDep,
 ) -> JSONResponse:
+    """The conversation (its `metadata` and `created_at`); its items are listed apart."""
     return JSONResponse(
         await services.responses.conversations.get(principal.owner, conversation_id), headers=limits
     )
@@ -164,6 +165,7 @@ async def retrieve_item(
     principal: PrincipalDep,
     limits: CountedDep,
 ) -> JSONResponse:
+    """One item of the conversation, as it was stored."""
     item = await services.responses.conversations.get_item(
         principal.owner, conversation_id, item_id
     )

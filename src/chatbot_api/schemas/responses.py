@@ -144,6 +144,8 @@ _ITEM_TYPES = ("message", "function_call", "function_call_output", "item_referen
 def _item_tag(value: Any) -> str | None:
     if not isinstance(value, dict):
         return None
+    if "type" not in value and "role" not in value and "id" in value:
+        return "~item_reference"  # OpenAI's ItemReferenceParam may leave out its type
     kind = value.get("type", "message")
     if kind == "message" or (kind is None and "role" in value):
         return "~assistant" if value.get("role") == "assistant" else "~message"

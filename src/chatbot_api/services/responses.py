@@ -272,7 +272,10 @@ class ResponseService:
     async def count_input_tokens(self, body: InputTokensRequest, principal: Principal) -> int:
         """The tokens a response to ``body`` would read: the provider's own count where it
         can give one, else OpenAI's estimate of four characters a token."""
-        request = CreateResponseRequest.model_validate(body.model_dump(exclude_none=True))
+        # The fields they share, already validated; the rest keep their defaults.
+        request = CreateResponseRequest.model_construct(
+            **{name: getattr(body, name) for name in type(body).model_fields}
+        )
         prepared = await self.prepare(request, principal)
         generation = prepared.chat.generations[0]
         count = getattr(prepared.chat.provider, "count_tokens", None)

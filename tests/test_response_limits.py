@@ -4,6 +4,10 @@ refused by name."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
@@ -119,3 +123,120 @@ def test_an_item_reference_without_its_type_is_looked_up_when_counting(
 
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == "input[0].id"
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in 30 s"
+        time.sleep(0.05)
+
+
+def test_a_background_response_cut_by_a_shutdown_reads_failed_after_the_restart(
+    start_server: ServerFactory, sdk: SdkFactory, tmp_path: Path
+) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'background.db'}"
+    first = start_server(database_url=database)
+    client = sdk(first, "sk-anything")
+    started = client.responses.create(model="echo-silent", input="one two", background=True)
+    _until(lambda: client.responses.retrieve(started.id).status == "in_progress")
+
+    first.__exit__(None, None, None)  # a graceful shutdown, as on SIGTERM
+    after = sdk(start_server(database_url=database), "sk-anything").responses.retrieve(started.id)
+
+    assert after.status == "failed"
+    assert after.error is not None
+    assert "shut down" in after.error.message
+
+
+def test_a_cancel_taken_by_another_server_stops_the_one_generating(
+    start_server: ServerFactory, sdk: SdkFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    generating = sdk(start_server(database_url=database, background_lease_seconds=2), "k")
+    other = sdk(start_server(database_url=database, background_lease_seconds=2), "k")
+    started = generating.responses.create(model="echo-silent", input="a b c", background=True)
+    _until(lambda: other.responses.retrieve(started.id).status == "in_progress")
+
+    cancelled = other.responses.cancel(started.id)
+    _until(lambda: "background response stopped" in caplog.text)
+
+    assert cancelled.status == "cancelled"
+    assert generating.responses.retrieve(started.id).status == "cancelled"
+
+
+_IMAGE = {"type": "input_image", "image_url": "https://example.com/cat.png", "detail": "auto"}
+_FILE = {"type": "input_file", "file_id": "file_1"}
+_AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+_TOOL = {"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": False}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": "see"}, part]}]},
+            "input",
+            "unsupported_parameter",
+        )
+        for part in (_IMAGE, _FILE, _AUDIO)
+    ]
+    + [
+        ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name", "invalid_value"),
+        ({"input": "x", "tools": [_TOOL], "tool_choice": "sometimes"}, "tool_choice", None),
+        (
+            {"input": "x", "tools": [_TOOL], "tool_choice": {"type": "function", "name": "f"}},
+            "tools",
+            "unsupported_parameter",
+        ),
+        ({"input": "x", "text": {"format": {"type": "json_schema"}}}, "text.format", None),
+        ({"input": "x", "text": {"format": {"type": "xml"}}}, "text.format.type", None),
+    ],
+    ids=[
+        "image",
+        "file",
+        "audio",
+        "nameless tool",
+        "tool choice",
+        "function choice",
+        "schema without name",
+        "unknown format",
+    ],
+)
+def test_what_echo_cannot_read_is_refused_naming_it(
+    start_server: ServerFactory, body: dict[str, object], param: str, code: str | None
+) -> None:
+    server = start_server()
+
+    answer = httpx.post(f"{server.base_url}/v1/responses", json={"model": "echo", **body})
+
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+
+
+def test_earlier_answers_refusals_and_reasoning_are_kept_as_input(
+    start_server: ServerFactory, sdk: SdkFactory
+) -> None:
+    client = sdk(start_server(), "sk-anything")
+    items: list[dict[str, object]] = [
+        {"type": "reasoning", "summary": []},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [
+                {"type": "refusal", "refusal": "I cannot."},
+                {"type": "output_text", "text": "Yes."},
+            ],
+        },
+        {"role": "user", "content": "say this"},
+    ]
+
+    response = client.responses.create(model="echo", input=items)  # type: ignore[arg-type]
+    listed = client.responses.input_items.list(response.id, order="asc").data
+
+    assert response.output_text == "say this"
+    assert [item.type for item in listed] == ["reasoning", "message", "message"]
+    assert listed[0].id.startswith("rs_")

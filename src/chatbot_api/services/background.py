@@ -38,10 +38,6 @@ class BackgroundResponses:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._renewer: asyncio.Task[None] | None = None
 
-    @property
-    def running(self) -> int:
-        return len(self._tasks)
-
     def _lease(self) -> int:
         return int(time.time()) + self._store.lease_seconds
 

@@ -114,6 +114,11 @@ _SQLITE_DROP_LOOSE_ITEMS = (
     "DELETE FROM response_items WHERE conversation_id = ? AND response_id IS NULL"
 )
 _SQLITE_DETACH_ITEMS = "UPDATE response_items SET conversation_id = NULL WHERE conversation_id = ?"
+# The ids as one JSON array parameter: a constant statement whatever their number.
+_SQLITE_TAKEN = (
+    "SELECT id FROM response_items WHERE conversation_id = ? "
+    "AND id IN (SELECT value FROM json_each(?))"
+)
 _SQLITE_CONVERSATION = str(
     select(Conversation.seq)
     .where(Conversation.id == bindparam("id"), Conversation.owner == bindparam("owner"))
@@ -171,11 +176,7 @@ def _sqlite_taken(connection: sqlite3.Connection, conversation_id: str, ids: lis
     """Which of ``ids`` the conversation's items already have."""
     if not ids:
         return set()
-    marks = ",".join("?" * len(ids))
-    rows = connection.execute(
-        "SELECT id FROM response_items WHERE conversation_id = ? AND id IN (" + marks + ")",
-        (conversation_id, *ids),
-    )
+    rows = connection.execute(_SQLITE_TAKEN, (conversation_id, json.dumps(ids)))
     return {row[0] for row in rows}
 
 

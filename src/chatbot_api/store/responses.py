@@ -139,7 +139,6 @@ def _item_values(row: dict[str, Any]) -> tuple[Any, ...]:
 class Context:
     """The stored items a turn reads, and how many older ones did not fit."""
 
-    model: str
     items: list[Item]
     dropped: int
 
@@ -550,7 +549,7 @@ class ResponseStore:
             else:
                 where = (in_chain,)
             items, dropped = await bounded_items(connection, where, max_chars)
-        return Context(row.model, items, dropped)
+        return Context(items, dropped)
 
     async def referenced(self, owner: str, item_ids: Sequence[str]) -> dict[str, Item]:
         """The caller's stored items with these ids (the newest of each id)."""

@@ -21,7 +21,7 @@ def test_a_started_server_is_ready(server: LiveServer) -> None:
     response = httpx.get(f"{server.base_url}/ready")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ready"}
+    assert response.json() == {"status": "ready", "unavailable": {}}
 
 
 def test_a_model_that_cannot_serve_makes_the_server_unready(

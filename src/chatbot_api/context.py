@@ -22,6 +22,8 @@ class RequestContext:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     stream: bool | None = None
+    #: The upstream deployment that served the request (``openai`` models).
+    deployment: str | None = None
 
 
 request_context: ContextVar[RequestContext | None] = ContextVar("chatbot_api_request", default=None)

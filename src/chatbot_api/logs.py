@@ -95,3 +95,6 @@ def configure_logging(settings: Settings) -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # The HTTP client logs every request it sends upstream at INFO: the access log already
+    # names the deployment, and the gateway logs each failure itself.
+    logging.getLogger("httpx2").setLevel(max(logging.WARNING, root.level))

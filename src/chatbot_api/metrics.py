@@ -39,6 +39,11 @@ __all__ = [
     "STORE_RECORDS_REJECTED",
     "STORE_WRITE_FAILURES",
     "TIME_TO_FIRST_TOKEN",
+    "UPSTREAM_COOLDOWNS",
+    "UPSTREAM_FAILURES",
+    "UPSTREAM_IN_FLIGHT",
+    "UPSTREAM_REQUESTS",
+    "UPSTREAM_TIME_TO_FIRST_TOKEN",
     "exposition",
     "multiprocess_directory",
     "remove_multiprocess_directory",
@@ -111,6 +116,38 @@ STORE_RECORDS_REJECTED = Counter(
     "Stored completions kept in the recovery file instead of the database, by reason: "
     "`refused` (the database refused the record) or `shutdown` (not written before shutdown).",
     ["reason"],
+)
+
+
+UPSTREAM_REQUESTS = Counter(
+    "chatbot_upstream_requests",
+    "Requests sent to an upstream deployment of an `openai` model (retries included).",
+    ["model", "deployment"],
+)
+UPSTREAM_FAILURES = Counter(
+    "chatbot_upstream_failures",
+    "Failed requests to an upstream deployment, by kind: unreachable, timeout, server_error "
+    "(5xx), refused (401/403/404), rate_limited (429), bad_answer (no chat completion), "
+    "dropped (cut part-way).",
+    ["model", "deployment", "kind"],
+)
+UPSTREAM_IN_FLIGHT = Gauge(
+    "chatbot_upstream_in_flight",
+    "Requests an upstream deployment is answering now.",
+    ["model", "deployment"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_TIME_TO_FIRST_TOKEN = Histogram(
+    "chatbot_upstream_time_to_first_token_seconds",
+    "Time from sending a request to a deployment to its first chunk (its whole answer when "
+    "not streamed).",
+    ["model", "deployment"],
+    buckets=_LATENCY_BUCKETS,
+)
+UPSTREAM_COOLDOWNS = Counter(
+    "chatbot_upstream_cooldowns",
+    "Times a deployment was taken out of service for its cooldown after failing.",
+    ["model", "deployment"],
 )
 
 

@@ -104,6 +104,7 @@ class RequestContextMiddleware:
                     "duration_ms": round(elapsed * 1000, 3),
                     "model": context.model,
                     "stream": context.stream,
+                    "deployment": context.deployment,
                     "prompt_tokens": context.prompt_tokens,
                     "completion_tokens": context.completion_tokens,
                 },

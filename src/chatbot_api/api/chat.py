@@ -57,7 +57,9 @@ async def create_chat_completion(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.request_timeout_seconds
     chat = services.chat
-    prepared = chat.prepare(body, principal, request_id=request_id(request))
+    prepared = chat.prepare(
+        body, principal, request_id=request_id(request), raw=await request.body()
+    )
     quota = await services.limiter.admit(
         principal, client_address(request), tokens=prepared.reserved_tokens
     )
@@ -82,4 +84,8 @@ async def create_chat_completion(
         await quota.settle(0)  # refused before generating: nothing was used
         raise
     await quota.settle(completion.usage.total_tokens)
-    return Response(completion.body, media_type="application/json", headers=quota.headers)
+    return Response(
+        completion.body,
+        media_type="application/json",
+        headers={**quota.headers, **completion.headers},
+    )

@@ -72,7 +72,7 @@ def event_stream(
         payloads,
         sep="\n",
         ping=settings.sse_ping_seconds,
-        headers=quota.headers,
+        headers={**quota.headers, **stream.headers},
         shutdown_event=shutdown,
         # Ours ends the stream with its own last events; sse-starlette's is the backstop.
         shutdown_grace_period=grace + _BACKSTOP_SECONDS,

@@ -8,7 +8,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from chatbot_api.api.error_docs import bodiless_responses, error_responses
 from chatbot_api.errors import NotReadyError
@@ -33,6 +33,13 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: Literal["ready"] = "ready"
+    unavailable: dict[str, str] = Field(
+        default_factory=dict,
+        description="Models that cannot serve now for a reason outside this server (every "
+        "upstream deployment failing or cooling down), each with why. They leave the server "
+        "ready: its other models, and these models' fallbacks, still serve.",
+        examples=[{"gpt-fleet": "none of its 3 deployment(s) can serve now"}],
+    )
 
 
 @router.get("/health", summary="Liveness")
@@ -60,9 +67,9 @@ async def health_head() -> Response:
     responses={503: {**error_responses(503)[503], "description": _NOT_READY}},
 )
 async def ready(request: Request) -> Ready:
-    """200 once every model is loaded and the database answers; route traffic here then."""
-    await _check_ready(request)
-    return Ready()
+    """200 once every model is loaded and the database answers; route traffic here then.
+    `unavailable` names the models none of whose upstream deployments can serve now."""
+    return await _check_ready(request)
 
 
 @router.head(
@@ -74,11 +81,10 @@ async def ready(request: Request) -> Ready:
 async def ready_head(request: Request) -> Response:
     """`GET /ready` without the body: 200 once every model is loaded and the database
     answers, 503 before."""
-    await _check_ready(request)
-    return JSONResponse(Ready().model_dump())
+    return JSONResponse((await _check_ready(request)).model_dump())
 
 
-async def _check_ready(request: Request) -> None:
+async def _check_ready(request: Request) -> Ready:
     services = getattr(request.app.state, "services", None)
     if not isinstance(services, AppServices):
         raise NotReadyError("The server is starting.", headers={"Retry-After": "1"})
@@ -89,3 +95,4 @@ async def _check_ready(request: Request) -> None:
         problems.append("the database does not answer")
     if problems:
         raise NotReadyError("Not ready: " + "; ".join(problems) + ".")
+    return Ready(unavailable=services.registry.unavailable())

@@ -10,11 +10,15 @@ provider that must reach a process or service of its own); ``max_choices``, the 
 one request can ever get from it (``n`` above that is refused with 400); and
 ``async def count_tokens(self, request) -> int``, the prompt's length in the model's own
 tokens (``POST /v1/responses/input_tokens``; without it, four characters count as a token).
+
+A provider that forwards chat completions to an OpenAI-compatible service may also be a
+:class:`Relay`: the chat service then hands it the client's JSON body and passes the
+service's answer on as bytes, instead of building it again from events.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -27,6 +31,10 @@ __all__ = [
     "GenerationRequest",
     "PromptMessage",
     "Provider",
+    "Relay",
+    "RelayedAnswer",
+    "RelayedChunk",
+    "RelayedStream",
     "TextDelta",
     "TokenLogprob",
     "ToolCallDelta",
@@ -125,3 +133,41 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Release whatever the provider holds (threads, clients, model weights)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedAnswer:
+    """A ``chat.completion`` as the upstream sent it: its bytes, and their parsed JSON."""
+
+    #: The model that served it: the one asked for, or one of its fallbacks.
+    model: str
+    #: The deployment that answered, by name.
+    deployment: str
+    body: bytes
+    document: dict[str, Any]
+
+
+#: One ``data`` payload of an upstream stream, and its parsed JSON.
+RelayedChunk = tuple[bytes, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedStream:
+    """A stream the upstream has begun: its first chunk arrived, none has been passed on."""
+
+    model: str
+    deployment: str
+    #: Every chunk, the first included, up to the upstream's ``[DONE]``; closing it ends the
+    #: upstream call.
+    chunks: AsyncGenerator[RelayedChunk, None]
+
+
+@runtime_checkable
+class Relay(Protocol):
+    """A provider that forwards the client's chat-completion body (a JSON object, ``model``
+    included) and answers with the upstream's own bytes. Every failure before the answer's
+    first byte is raised as a :class:`~chatbot_api.errors.ChatbotAPIError`."""
+
+    async def relay_answer(self, body: dict[str, Any]) -> RelayedAnswer: ...
+
+    async def relay_stream(self, body: dict[str, Any]) -> RelayedStream: ...

@@ -27,10 +27,10 @@ from chatbot_api.config import Settings
 from chatbot_api.errors import ModelNotFoundError
 from chatbot_api.providers.base import Provider
 from chatbot_api.providers.echo import EchoConfig, EchoProvider
+from chatbot_api.providers.gateway.config import OpenAIUpstreamConfig
 from chatbot_api.providers.langchain_runnable import LangChainConfig
 from chatbot_api.providers.llama.bundled import BUNDLED_MODEL_ID
 from chatbot_api.providers.llama.config import LlamaCppConfig
-from chatbot_api.providers.openai_upstream import OpenAIUpstreamConfig
 
 __all__ = [
     "PROVIDER_KINDS",
@@ -82,7 +82,7 @@ def _build_llama_cpp(spec: ModelSpec, settings: Settings) -> Provider:
 
 
 def _build_openai(spec: ModelSpec, settings: Settings) -> Provider:
-    from chatbot_api.providers.openai_upstream import OpenAIUpstreamProvider
+    from chatbot_api.providers.gateway.provider import OpenAIUpstreamProvider
 
     assert isinstance(spec.config, OpenAIUpstreamConfig)
     return OpenAIUpstreamProvider(spec.id, spec.config)
@@ -154,6 +154,8 @@ def _spec_from_table(
         key = ".".join(str(part) for part in first["loc"])
         message = str(first["msg"]).removeprefix("Value error, ")
         reason = "unknown key" if first["type"] == "extra_forbidden" else message
+        if not key:  # a rule over several keys
+            raise ModelsFileError(f"{where}: {reason}") from None
         raise ModelsFileError(f"{where}: key '{key}': {reason}") from None
     return ModelSpec(
         id=model_id,
@@ -230,6 +232,12 @@ class ModelRegistry:
             for model_id, spec in specs.items():
                 provider = await asyncio.to_thread(kinds[spec.provider].build, spec, settings)
                 registry._models[model_id] = RegisteredModel(spec, provider)
+            # Providers that name other models (fallbacks) find them once all are built.
+            providers = {model_id: model.provider for model_id, model in registry._models.items()}
+            for model in registry._models.values():
+                link = getattr(model.provider, "link", None)
+                if link is not None:
+                    link(providers)
             # Providers that reach a process of their own (a model's engine) start together.
             await start_all(
                 start()
@@ -254,6 +262,17 @@ class ModelRegistry:
             problem = model.provider.problem()
             if problem is not None:
                 found.append(f"model {model_id}: {problem}")
+        return found
+
+    def unavailable(self) -> dict[str, str]:
+        """Models that cannot serve now for reasons outside this server (every upstream
+        deployment failing), each with why; they do not make the server unready."""
+        found = {}
+        for model_id, model in self._models.items():
+            check = getattr(model.provider, "unavailable", None)
+            why = check() if check is not None else None
+            if why is not None:
+                found[model_id] = why
         return found
 
     def __iter__(self) -> Iterator[ModelSpec]:

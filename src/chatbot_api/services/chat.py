@@ -8,9 +8,10 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from pydantic import TypeAdapter
 
 from chatbot_api import metrics
@@ -26,11 +27,14 @@ from chatbot_api.providers.base import (
     GenerationEvent,
     GenerationRequest,
     Provider,
+    Relay,
+    RelayedStream,
     TextDelta,
     ToolCallDelta,
     Usage,
 )
 from chatbot_api.providers.registry import ModelRegistry, ModelSpec
+from chatbot_api.providers.wire import chunk_events, usage_of
 from chatbot_api.schemas.chat import ChatCompletionRequest
 from chatbot_api.schemas.completions import ChatCompletionChunk, ChunkChoice, CompletionUsage, Delta
 from chatbot_api.schemas.messages import ChatMessage
@@ -46,6 +50,12 @@ __all__ = ["ChatService", "ChatStream", "Completion", "PreparedChat"]
 logger = logging.getLogger(__name__)
 
 _MESSAGES: TypeAdapter[list[ChatMessage]] = TypeAdapter(list[ChatMessage])
+
+
+@dataclass(frozen=True, slots=True)
+class RelayCall:
+    provider: Relay
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,8 @@ class PreparedChat:
     reserved_tokens: int
     #: ``time.perf_counter()`` when the request was prepared, for time to first token.
     started: float
+    #: The client's JSON body and the provider that relays it (None: events are built).
+    relay: RelayCall | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -82,8 +94,10 @@ class PreparedChat:
 class Completion:
     """A finished ``chat.completion``: its JSON text and what it used."""
 
-    body: str
+    body: str | bytes
     usage: CompletionUsage
+    #: Headers of the answer beyond the rate limits (which deployment served it).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class ChatStream:
@@ -96,6 +110,8 @@ class ChatStream:
         self.usage: CompletionUsage | None = None
         #: Why the server ended it early (``services.stream_end``); None: it did not.
         self.ended: str | None = None
+        #: Headers of the answer beyond the rate limits (which deployment serves it).
+        self.headers: dict[str, str] = {}
 
     @property
     def used_tokens(self) -> int | None:
@@ -132,8 +148,13 @@ class ChatService:
         principal: Principal,
         *,
         request_id: str | None = None,
+        raw: bytes | None = None,
     ) -> PreparedChat:
-        """Everything that can fail before a response starts fails here, as a proper status."""
+        """Everything that can fail before a response starts fails here, as a proper status.
+
+        ``raw`` is the request's body as it came, which a relaying provider forwards (the
+        fields no model of ours reads included: an upstream may read them).
+        """
         if not principal.may_use(request.model):
             raise ModelNotFoundError(request.model, param="model")
         model = self._registry.get(request.model, param="model")
@@ -174,6 +195,9 @@ class ChatService:
             request_id=request_id,
             reserved_tokens=self._reservation(model.spec, generations[0], n),
             started=time.perf_counter(),
+            relay=RelayCall(model.provider, _relayed_body(raw))
+            if raw and isinstance(model.provider, Relay)
+            else None,
         )
 
     def _reservation(self, spec: ModelSpec, generation: GenerationRequest, n: int) -> int:
@@ -193,6 +217,8 @@ class ChatService:
         A completion to store takes its place in the store's queue before generating: with
         no room (the database away too long) it is refused with 503, not answered and lost.
         """
+        if chat.relay is not None:
+            return await self._relay_answer(chat, chat.relay)
         place = self._store.reserve() if chat.store else None
         try:
             assembly = chat.assembly()
@@ -215,6 +241,8 @@ class ChatService:
         (every slot taken, a prompt too long for the context) still reaches the client as a
         proper status code, not as an error event inside a 200.
         """
+        if chat.relay is not None:
+            return await self._relay_stream(chat, chat.relay)
         place = self._store.reserve() if chat.store else None  # see complete()
         events = self.events(chat)
         try:
@@ -303,6 +331,100 @@ class ChatService:
             await _close(events)
         yield "[DONE]"
 
+    async def _relay_answer(self, chat: PreparedChat, relay: RelayCall) -> Completion:
+        """The upstream's ``chat.completion``, its bytes passed on unless its ``model`` (or,
+        to be stored, its ``id``) must say ours."""
+        place = self._store.reserve() if chat.store else None
+        try:
+            answer = await relay.provider.relay_answer(relay.body)
+            _first_token(chat)
+            document = answer.document
+            usage = _account(chat, usage_of(document))
+            body: str | bytes = answer.body
+            if document.get("model") != answer.model or place is not None:
+                document["model"] = answer.model
+                if place is not None:
+                    document["id"] = chat.id
+                body = _encode(document)
+            if place is not None:
+                self._save(chat, body.decode() if isinstance(body, bytes) else body, usage, place)
+            return Completion(body, usage, {_DEPLOYMENT_HEADER: answer.deployment})
+        finally:
+            if place is not None:
+                place.release()  # a no-op once the record is queued
+
+    async def _relay_stream(self, chat: PreparedChat, relay: RelayCall) -> ChatStream:
+        place = self._store.reserve() if chat.store else None
+        try:
+            relayed = await relay.provider.relay_stream(relay.body)
+        except BaseException:
+            if place is not None:
+                place.release()
+            raise
+        _first_token(chat)
+        stream = ChatStream()
+        stream.headers = {_DEPLOYMENT_HEADER: relayed.deployment}
+        stream.payloads = self._relayed_payloads(chat, relayed, stream, place)
+        return stream
+
+    async def _relayed_payloads(
+        self, chat: PreparedChat, relayed: RelayedStream, out: ChatStream, place: QueuePlace | None
+    ) -> AsyncIterator[str | bytes]:
+        """The upstream's chunks as they came, but for what must change: ``model`` says ours,
+        a stored stream's ``id`` is the stored completion's, usage the client did not ask for
+        is left out. Errors and endings as :meth:`_stream`'s."""
+        assembly = chat.assembly() if place is not None else None
+        include_usage = chat.include_usage
+        pieces = 0
+        metrics.ACTIVE_STREAMS.inc()
+        try:
+            async for payload, document in relayed.chunks:
+                pieces += 1
+                change = place is not None or document.get("model") != relayed.model
+                usage = usage_of(document)
+                if usage is not None:
+                    out.usage = _account(chat, usage)
+                    if not include_usage:
+                        if not document.get("choices"):
+                            continue
+                        document["usage"] = None
+                        change = True
+                if assembly is not None:
+                    for event in chunk_events(document):
+                        if not isinstance(event, TextDelta | ToolCallDelta | Finish) or (
+                            event.index < chat.n
+                        ):
+                            assembly.add(event)
+                if change:
+                    document["model"] = relayed.model
+                    if place is not None:
+                        document["id"] = chat.id
+                    yield _encode(document).decode()
+                else:
+                    yield payload.decode()
+            if assembly is not None and place is not None:
+                body = assembly.completion(chat.id, chat.created, relayed.model).model_dump_json()
+                self._save(chat, body, assembly.usage, place)
+        except ChatbotAPIError as exc:
+            logger.warning("stream failed: %s", exc.message, extra={"code": exc.code})
+            yield exc.to_body().model_dump_json()
+        except Exception:
+            logger.exception("stream failed unexpectedly")
+            yield internal_error(chat.request_id).to_body().model_dump_json()
+        except BaseException:
+            logger.info(
+                "%s; generation stopped",
+                out.ended or "client disconnected",
+                extra={"model": chat.spec.id, "pieces_sent": pieces},
+            )
+            raise
+        finally:
+            metrics.ACTIVE_STREAMS.dec()
+            if place is not None:
+                place.release()
+            await relayed.chunks.aclose()
+        yield "[DONE]"
+
     def events(self, chat: PreparedChat) -> AsyncIterator[GenerationEvent]:
         """The provider's events for ``chat`` (its choices fanned out when the provider runs
         one at a time), measured for the metrics."""
@@ -331,6 +453,39 @@ class ChatService:
             ),
             place,
         )
+
+
+#: The response header that names the deployment of a relayed answer.
+_DEPLOYMENT_HEADER = "x-chatbot-deployment"
+_encode = msgspec.json.encode
+_BOM = b"\xef\xbb\xbf"
+
+
+def _relayed_body(raw: bytes) -> dict[str, Any]:
+    """The client's body as a relaying provider gets it. ``raw`` passed the strict reading
+    (``api.json_body``) and validation already, so it is one JSON object."""
+    document = msgspec.json.decode(raw.removeprefix(_BOM))
+    assert isinstance(document, dict)
+    return document
+
+
+def _first_token(chat: PreparedChat) -> None:
+    metrics.TIME_TO_FIRST_TOKEN.labels(chat.spec.id).observe(time.perf_counter() - chat.started)
+
+
+def _account(chat: PreparedChat, usage: Usage | None) -> CompletionUsage:
+    """Count a relayed answer's usage (none reported: nothing is guessed) as ``_measured``
+    counts a provider's, and return it as the wire's."""
+    if usage is None:
+        usage = Usage(0, 0)
+    model = chat.spec.id
+    metrics.PROMPT_TOKENS.labels(model).inc(usage.prompt_tokens)
+    metrics.GENERATED_TOKENS.labels(model).inc(usage.completion_tokens)
+    context = current_request()
+    if context is not None:  # pragma: no branch - only a caller outside HTTP has none
+        context.prompt_tokens = usage.prompt_tokens
+        context.completion_tokens = usage.completion_tokens
+    return _record_usage(usage)
 
 
 def _completion_id() -> str:

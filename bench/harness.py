@@ -122,15 +122,24 @@ def _to_ms(value: str) -> float:
 
 
 def wrk(
-    url: str, script: Path, connections: int, seconds: int, path: str = "/v1/chat/completions"
+    url: str,
+    script: Path,
+    connections: int,
+    seconds: int,
+    path: str = "/v1/chat/completions",
+    *,
+    core: int = 1,
+    timeout: int = 2,
 ) -> Result:
+    """wrk's figures; a request unanswered after ``timeout`` seconds counts as an error."""
     output = subprocess.run(
         [
-            *pin(1),
+            *pin(core),
             "wrk",
             "-t1",
             f"-c{connections}",
             f"-d{seconds}s",
+            f"--timeout={timeout}s",
             "--latency",
             "-s",
             str(script),

@@ -433,3 +433,28 @@ async def test_a_fleet_that_cannot_work_stops_the_start_saying_why(
         await start()
 
     assert message in str(caught.value)
+
+
+def test_a_deployment_gets_its_place_back_however_its_streams_end(
+    start_server: ServerFactory, tmp_path: Path, replicas: dict[str, Replica]
+) -> None:
+    """Streams read to the end, left at their first byte, and cut part-way each give back the
+    deployment's one place: the next request is served, and nothing is left in flight."""
+    a = replicas["a"]
+    a.delay = 0.05
+    server = front(start_server, tmp_path, HEADER + deployments(a, max_concurrency=1))
+    body = {"model": "fleet", "messages": HELLO, "stream": True}
+    url = f"{server.base_url}/v1/chat/completions"
+
+    for leave_after in (None, 0, 3):
+        with httpx.stream("POST", url, json=body, timeout=10) as answer:
+            assert answer.status_code == 200
+            for number, _ in enumerate(answer.iter_lines()):
+                if number == leave_after:
+                    break
+        deadline = time.monotonic() + 5
+        while (next_one := ask(server)).status_code == 503:
+            assert time.monotonic() < deadline, "the deployment's place was never given back"
+            time.sleep(0.05)
+        assert next_one.status_code == 200
+    assert metric(server, "chatbot_upstream_in_flight", deployment="a") == 0

@@ -18,7 +18,7 @@ service's answer on as bytes, instead of building it again from events.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -157,9 +157,11 @@ class RelayedStream:
 
     model: str
     deployment: str
-    #: Every chunk, the first included, up to the upstream's ``[DONE]``; closing it ends the
-    #: upstream call.
+    #: Every chunk, the first included, up to the upstream's ``[DONE]``.
     chunks: AsyncGenerator[RelayedChunk, None]
+    #: Ends the upstream call, whether or not ``chunks`` was ever iterated (a generator
+    #: closed before its first step runs no ``finally``); safe to call more than once.
+    aclose: Callable[[], Awaitable[None]]
 
 
 @runtime_checkable

@@ -7,7 +7,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,9 @@ class ChatStream:
         self.ended: str | None = None
         #: Headers of the answer beyond the rate limits (which deployment serves it).
         self.headers: dict[str, str] = {}
+        #: What else ``aclose`` ends: a relayed upstream call, which its payloads may not
+        #: have begun to read.
+        self.closing: Callable[[], Awaitable[None]] | None = None
 
     @property
     def used_tokens(self) -> int | None:
@@ -125,6 +128,8 @@ class ChatStream:
         """Stop the stream, and its generation, now (a no-op once it has ended). Its owner
         calls this: a wrapper of ``payloads`` closed at its ``yield`` leaves them open."""
         await _close(self.payloads)
+        if self.closing is not None:
+            await self.closing()
 
 
 class ChatService:
@@ -364,6 +369,7 @@ class ChatService:
         _first_token(chat)
         stream = ChatStream()
         stream.headers = {_DEPLOYMENT_HEADER: relayed.deployment}
+        stream.closing = relayed.aclose
         stream.payloads = self._relayed_payloads(chat, relayed, stream, place)
         return stream
 
@@ -423,6 +429,7 @@ class ChatService:
             if place is not None:
                 place.release()
             await relayed.chunks.aclose()
+            await relayed.aclose()
         yield "[DONE]"
 
     def events(self, chat: PreparedChat) -> AsyncIterator[GenerationEvent]:

@@ -280,7 +280,10 @@ class OpenAIUpstreamProvider:
             await chunks.aclose()
             raise
         _served_by(deployment, time.perf_counter() - started)
-        return RelayedStream(self.model_id, deployment.name, _passing(deployment, first, chunks))
+        flight = _Flight(deployment, chunks)
+        return RelayedStream(
+            self.model_id, deployment.name, _passing(flight, first, chunks), flight.aclose
+        )
 
     # --- events, for callers that build their own answers ---------------------------------
 
@@ -299,6 +302,7 @@ class OpenAIUpstreamProvider:
                     yield event
         finally:
             await stream.chunks.aclose()
+            await stream.aclose()
 
 
 def _served_by(deployment: Deployment, seconds: float) -> None:
@@ -333,10 +337,25 @@ def _outgoing(body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
     return sent
 
 
+class _Flight:
+    """A stream's request to its deployment, ended once however it ends."""
+
+    def __init__(self, deployment: Deployment, chunks: AsyncGenerator[RelayedChunk, None]) -> None:
+        self.deployment = deployment
+        self._chunks: AsyncGenerator[RelayedChunk, None] | None = chunks
+
+    async def aclose(self) -> None:
+        chunks, self._chunks = self._chunks, None
+        if chunks is not None:
+            self.deployment.end()
+            await chunks.aclose()
+
+
 async def _passing(
-    deployment: Deployment, first: RelayedChunk, chunks: AsyncGenerator[RelayedChunk, None]
+    flight: _Flight, first: RelayedChunk, chunks: AsyncGenerator[RelayedChunk, None]
 ) -> AsyncGenerator[RelayedChunk, None]:
     """The stream's chunks, its deployment told of the tokens and of a failure part-way."""
+    deployment = flight.deployment
     try:
         chunk = first
         while True:
@@ -353,5 +372,4 @@ async def _passing(
                     deployment.failed(failure.kind)
                 raise failure.error from None
     finally:
-        deployment.end()
-        await chunks.aclose()
+        await flight.aclose()

@@ -63,6 +63,9 @@ bench: install ## Every benchmark in bench/, each against its baseline (needs wr
 	test -x .bench/litellm/bin/litellm || { $(PYTHON) -m venv .bench/litellm && \
 		.bench/litellm/bin/pip install --quiet --disable-pip-version-check "litellm[proxy]==1.108.7"; }
 	$(BIN)/python -m bench.upstream_overhead
+	@# Where the gateway's time goes: the HTTP client's own cost, ours and LiteLLM's.
+	$(BIN)/python -m bench.http_client_cost
+	.bench/litellm/bin/python -m bench.http_client_cost
 	@# llama-cpp-python's own server is the baseline; its extra is for the benchmark only.
 	$(BIN)/pip install --quiet --disable-pip-version-check \
 		"llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"

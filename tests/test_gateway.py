@@ -407,6 +407,11 @@ def test_the_access_log_names_the_deployment(
         ('routing = "fastest"\n', "routing"),
         ("", "give the model a base_url, or a list of deployments"),
         (
+            '[[models.fleet.deployments]]\nname = "x"\nbase_url = "http://127.0.0.1:9/v1"\n'
+            '[[models.fleet.deployments]]\nname = "x"\nbase_url = "http://127.0.0.1:8/v1"\n',
+            "two deployments are named 'x'",
+        ),
+        (
             'base_url = "http://127.0.0.1:9/v1"\nfallbacks = ["echo"]\n',
             "fallbacks names 'echo', which is not another model of provider 'openai'",
         ),

@@ -117,6 +117,10 @@ class OpenAIUpstreamConfig(BaseModel):
                 )
         elif self.base_url is None:
             raise ValueError("give the model a base_url, or a list of deployments")
+        names = [deployment.name for deployment in self.deployments if deployment.name]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice is not None:
+            raise ValueError(f"two deployments are named {twice!r}")
         return self
 
     def deployment_list(self) -> list[DeploymentConfig]:

@@ -18,7 +18,17 @@ from tests.servers import LiveServer
 
 __all__ = ["Behaviour", "Replica", "fleet"]
 
-Behaviour = Literal["ok", "fail", "rate-limited", "die-mid-stream", "too-long"]
+Behaviour = Literal[
+    "ok",
+    "fail",
+    "rate-limited",
+    "die-mid-stream",
+    "too-long",
+    "quote-key",
+    "only-pings",
+    "bad-utf8",
+    "odd-tools",
+]
 
 
 class Replica:
@@ -48,6 +58,15 @@ class Replica:
         if self.behaviour == "too-long":
             too_long = "This model's maximum context length is 16 tokens."
             return _error(400, too_long, code="context_length_exceeded")
+        if self.behaviour == "quote-key":  # a careless upstream, echoing what it was sent
+            said = f"bad request; you sent {request.headers.get('authorization')}"
+            return _error(400, said)
+        if self.behaviour == "only-pings":
+            return StreamingResponse(_pings(), media_type="text/event-stream")
+        if self.behaviour == "bad-utf8":
+            return Response(b'{"choices": [], "note": "\xff\xfe"}', media_type="application/json")
+        if self.behaviour == "odd-tools":
+            return StreamingResponse(_odd_tools(body["model"]), media_type="text/event-stream")
         text = f"{self.name}: {body['messages'][-1]['content']}"
         if body.get("stream"):
             usage = (body.get("stream_options") or {}).get("include_usage", False)
@@ -104,6 +123,27 @@ async def _chunks(model: str, text: str, *, usage: bool, dies: bool) -> AsyncIte
     if usage:
         counts = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
         yield f"data: {json.dumps({'id': 'chatcmpl-replica', 'object': 'chat.completion.chunk', 'created': 1, 'model': model, 'choices': [], 'usage': counts})}\n\n"  # noqa: E501
+    yield "data: [DONE]\n\n"
+
+
+async def _pings() -> AsyncIterator[str]:
+    """Keep-alive comments and nothing else, for ever."""
+    while True:
+        yield ": ping\n\n"
+        await asyncio.sleep(0.1)
+
+
+async def _odd_tools(model: str) -> AsyncIterator[str]:
+    """Tool-call pieces of the wrong shapes, then a proper ending."""
+    for call in ({"index": "a", "function": "f"}, {"index": 0, "function": {"arguments": 5}}):
+        document = {
+            "id": "chatcmpl-replica",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}],
+        }
+        yield f"data: {json.dumps(document)}\n\n"
     yield "data: [DONE]\n\n"
 
 

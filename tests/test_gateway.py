@@ -413,7 +413,20 @@ def test_the_access_log_names_the_deployment(
         ),
         (
             'base_url = "http://127.0.0.1:9/v1"\nfallbacks = ["echo"]\n',
-            "fallbacks names 'echo', which is not another model of provider 'openai'",
+            "key 'fallbacks': 'echo': its provider is 'echo'; fallbacks are 'openai' models",
+        ),
+        (
+            'base_url = "http://127.0.0.1:9/v1"\ncontext_window_fallbacks = ["nowhere"]\n',
+            "key 'context_window_fallbacks': 'nowhere': no model has that id",
+        ),
+        (
+            'base_url = "http://127.0.0.1:9/v1"\nfallbacks = ["fleet"]\n',
+            "'fleet': a model cannot be its own fallback",
+        ),
+        ('base_url = "http://127.0.0.1:9/v1"\ncooldown = inf\n', "cooldown"),
+        (
+            '[[models.fleet.deployments]]\nbase_url = "http://127.0.0.1:9/v1"\nweight = inf\n',
+            "weight",
         ),
     ],
 )

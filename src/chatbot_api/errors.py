@@ -206,6 +206,7 @@ class RateLimitError(ChatbotAPIError):
         headers: dict[str, str] | None = None,
     ) -> None:
         self.error_type = limit  # OpenAI names the exhausted limit in `type`
+        retry_after = min(max(retry_after, 0.0), 86400.0) if math.isfinite(retry_after) else 1.0
         super().__init__(
             message,
             code=code,
@@ -281,8 +282,13 @@ class UpstreamError(ChatbotAPIError):
     error_type = "server_error"
     default_code = "upstream_error"
 
-    def __init__(self, upstream_status: int | None) -> None:
-        what = f"answered {upstream_status}" if upstream_status else "could not be reached"
+    def __init__(self, upstream_status: int | None, *, answered: bool = False) -> None:
+        if upstream_status:
+            what = f"answered {upstream_status}"
+        elif answered:
+            what = "did not answer with a chat completion"
+        else:
+            what = "could not be reached"
         super().__init__(f"The upstream model service {what}. Please retry later.")
 
 

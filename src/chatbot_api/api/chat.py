@@ -73,7 +73,11 @@ async def create_chat_completion(
                 deadline=deadline,
                 timeout_seconds=settings.request_timeout_seconds,
             )
-            return event_stream(stream, quota, settings, deadline=deadline)
+            try:
+                return event_stream(stream, quota, settings, deadline=deadline)
+            except BaseException:
+                await stream.aclose()  # its generation, and an upstream call, end here
+                raise
         completion = await while_connected(
             request,
             chat.complete(prepared),

@@ -194,7 +194,29 @@ def load_model_specs(
         raise ModelsFileError(f"models file {models_file}: 'models' must be a table of models")
     for model_id, table in tables.items():
         specs[model_id] = _spec_from_table(models_file, model_id, table, created, kinds)
+    _check_fallbacks(models_file, specs)
     return specs
+
+
+def _check_fallbacks(path: Path, specs: dict[str, ModelSpec]) -> None:
+    """Every fallback names another ``openai`` model of the file."""
+    for spec in specs.values():
+        if not isinstance(spec.config, OpenAIUpstreamConfig):
+            continue
+        for key in ("fallbacks", "context_window_fallbacks"):
+            for name in getattr(spec.config, key):
+                target = specs.get(name)
+                if target is None:
+                    why = "no model has that id"
+                elif target.id == spec.id:
+                    why = "a model cannot be its own fallback"
+                elif not isinstance(target.config, OpenAIUpstreamConfig):
+                    why = f"its provider is '{target.provider}'; fallbacks are 'openai' models"
+                else:
+                    continue
+                raise ModelsFileError(
+                    f"models file {path}: model '{spec.id}': key '{key}': {name!r}: {why}"
+                )
 
 
 async def start_all(starts: Iterable[Coroutine[Any, Any, None]]) -> None:

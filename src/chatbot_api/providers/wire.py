@@ -34,7 +34,7 @@ def completion_events(document: dict[str, Any]) -> list[GenerationEvent]:
         if isinstance(content, str) and content:
             events.append(TextDelta(content, index, _logprobs(choice.get("logprobs"))))
         for number, call in enumerate(_dicts(message.get("tool_calls"))):
-            events.append(ToolCallDelta({"index": number, **call}, index))
+            events.append(ToolCallDelta(_tool_call(call, number), index))
         events.append(Finish(_finish(choice.get("finish_reason")), index))
     usage = usage_of(document)
     if usage is not None:
@@ -52,8 +52,8 @@ def chunk_events(document: dict[str, Any]) -> list[GenerationEvent]:
         content = delta.get("content")
         if isinstance(content, str) and content:
             events.append(TextDelta(content, index, _logprobs(choice.get("logprobs"))))
-        for call in _dicts(delta.get("tool_calls")):
-            events.append(ToolCallDelta(call, index))
+        for number, call in enumerate(_dicts(delta.get("tool_calls"))):
+            events.append(ToolCallDelta(_tool_call(call, number), index))
         if choice.get("finish_reason") is not None:
             events.append(Finish(_finish(choice["finish_reason"]), index))
     usage = usage_of(document)
@@ -70,6 +70,25 @@ def usage_of(document: dict[str, Any]) -> Usage | None:
     return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
 
 
+def _tool_call(call: dict[str, Any], number: int) -> dict[str, Any]:
+    """A tool call (or a streamed piece of one) with only well-typed fields: its ``index``
+    (the call's position when it has none), ``id``, ``type`` and ``function`` name and
+    arguments as strings."""
+    index = call.get("index")
+    piece: dict[str, Any] = {"index": index if type(index) is int and index >= 0 else number}
+    for key in ("id", "type"):
+        if isinstance(call.get(key), str):
+            piece[key] = call[key]
+    function = call.get("function")
+    if isinstance(function, dict):
+        piece["function"] = {
+            key: function[key]
+            for key in ("name", "arguments")
+            if isinstance(function.get(key), str)
+        }
+    return piece
+
+
 def _dicts(value: Any) -> list[dict[str, Any]]:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
@@ -79,8 +98,12 @@ def _index(choice: dict[str, Any]) -> int:
     return index if type(index) is int and 0 <= index < 128 else 0
 
 
+#: More tokens than any answer holds: a count past it is a fault, not a count.
+_MOST_TOKENS = 2**40
+
+
 def _count(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0
+    return value if type(value) is int and 0 <= value < _MOST_TOKENS else 0
 
 
 def _finish(reason: Any) -> FinishReason:

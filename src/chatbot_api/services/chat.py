@@ -387,6 +387,12 @@ class ChatService:
             async for payload, document in relayed.chunks:
                 pieces += 1
                 change = place is not None or document.get("model") != relayed.model
+                if assembly is not None:
+                    for event in chunk_events(document):
+                        if not isinstance(event, TextDelta | ToolCallDelta | Finish) or (
+                            event.index < chat.n
+                        ):
+                            assembly.add(event)
                 usage = usage_of(document)
                 if usage is not None:
                     out.usage = _account(chat, usage)
@@ -395,12 +401,6 @@ class ChatService:
                             continue
                         document["usage"] = None
                         change = True
-                if assembly is not None:
-                    for event in chunk_events(document):
-                        if not isinstance(event, TextDelta | ToolCallDelta | Finish) or (
-                            event.index < chat.n
-                        ):
-                            assembly.add(event)
                 if change:
                     document["model"] = relayed.model
                     if place is not None:

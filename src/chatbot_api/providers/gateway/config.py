@@ -46,9 +46,18 @@ class DeploymentConfig(BaseModel):
     upstream_model: str | None = Field(
         default=None, description="The model's name upstream; the entry's id when unset."
     )
-    weight: float = Field(default=1.0, gt=0, description="Its share under weighted routing.")
-    timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for the upstream.")
-    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+    weight: float = Field(
+        default=1.0, gt=0, le=1e6, description="Its share under weighted routing."
+    )
+    timeout: float = Field(
+        default=600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds for a whole answer, or for a stream's first chunk and each next one.",
+    )
+    connect_timeout: float = Field(
+        default=10.0, gt=0, allow_inf_nan=False, description="Seconds to connect."
+    )
     max_concurrency: int | None = Field(
         default=None, ge=1, description="Most requests in flight to it from one server process."
     )
@@ -70,9 +79,9 @@ class OpenAIUpstreamConfig(BaseModel):
     base_url: str | None = None
     api_key_env: str | None = None
     upstream_model: str | None = None
-    weight: float | None = Field(default=None, gt=0)
-    timeout: float | None = Field(default=None, gt=0)
-    connect_timeout: float | None = Field(default=None, gt=0)
+    weight: float | None = Field(default=None, gt=0, le=1e6)
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    connect_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_concurrency: int | None = Field(default=None, ge=1)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
@@ -94,9 +103,14 @@ class OpenAIUpstreamConfig(BaseModel):
     allowed_fails: int = Field(
         default=3, ge=1, description="Failures within failure_window that cool a deployment down."
     )
-    failure_window: float = Field(default=60.0, gt=0, description="Seconds failures count for.")
+    failure_window: float = Field(
+        default=60.0, gt=0, allow_inf_nan=False, description="Seconds failures count for."
+    )
     cooldown: float = Field(
-        default=30.0, gt=0, description="Seconds a failing deployment rests before one trial."
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="Seconds a failing deployment rests before one trial.",
     )
     fallbacks: list[str] = Field(
         default_factory=list,

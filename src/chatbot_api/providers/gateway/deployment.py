@@ -118,14 +118,16 @@ class Deployment:
             self.latency = seconds
         else:
             self.latency += _LATENCY_SMOOTHING * (seconds - self.latency)
-        if self._half_open:
+        if self._half_open and time.monotonic() >= self._cooled_until:
+            # Its trial: back in service, its record clean. Any other success leaves the
+            # failures within the window counted.
             logger.info(
                 "deployment %s answered its trial request; back in service",
                 self.name,
                 extra={"model": self.model, "deployment": self.name},
             )
-        self._half_open = False
-        self._failures.clear()
+            self._half_open = False
+            self._failures.clear()
 
     def used(self, tokens: int) -> None:
         self._roll(time.time())

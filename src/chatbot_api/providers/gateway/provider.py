@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import msgspec
 
@@ -99,7 +100,7 @@ class OpenAIUpstreamProvider:
                     )
             state = Deployment(
                 model=model_id,
-                name=deployment.name or f"{model_id}/{number}",
+                name=deployment.name or _header_safe(f"{model_id}/{number}"),
                 config=deployment,
                 upstream_model=deployment.upstream_model or model_id,
                 allowed_fails=config.allowed_fails,
@@ -195,10 +196,11 @@ class OpenAIUpstreamProvider:
         last: ChatbotAPIError | None = None
         for number in range(self._config.max_retries + 1):
             deployment = self._pick(tried)
-            if deployment is None:
-                break
             if deployment in tried:  # no other to turn to: the same again, after a pause
                 await asyncio.sleep(_BACKOFF_SECONDS * 2 ** (number - 1))
+                deployment = self._pick(tried)  # what it could take may have changed meanwhile
+            if deployment is None:
+                break
             tried.add(deployment)
             body["model"] = deployment.upstream_model
             try:
@@ -303,6 +305,11 @@ class OpenAIUpstreamProvider:
         finally:
             await stream.chunks.aclose()
             await stream.aclose()
+
+
+def _header_safe(name: str) -> str:
+    """``name`` as it may travel in a response header (a model id may hold any character)."""
+    return quote(name, safe="/:._-@+")
 
 
 def _served_by(deployment: Deployment, seconds: float) -> None:

@@ -13,13 +13,18 @@ our key:
     no connection, a drop             502 upstream_error                      unreachable/dropped
     no chat completion (a web page)   502 upstream_error                      bad_answer
     a timeout                         504 upstream_timeout                    timeout
+
+``timeout`` bounds a whole JSON answer, and a stream's wait for its first chunk and then for
+each next one: an upstream that trickles bytes or sends only keep-alive comments is cut there.
+An upstream's message passed on is first cleared of our key for it, should it quote it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx2
@@ -42,6 +47,10 @@ logger = logging.getLogger(__name__)
 _ERROR_BODY_LIMIT = 64 * 1024
 #: Keep-alive connections kept per deployment: enough for the concurrency one process serves.
 _KEEPALIVE = 256
+#: The longest an upstream's 429 may keep a deployment out (a Retry-After of years is a bug).
+_LONGEST_WAIT_SECONDS = 3600.0
+#: What an upstream's answer may fail to decode with (bad UTF-8, nesting past the parser).
+_UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
 
 _decode = msgspec.json.decode
 
@@ -64,13 +73,16 @@ class Upstream:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if key is not None:
             headers["authorization"] = f"Bearer {key}"
-        most = config.max_concurrency
+        self._key = key
+        self._timeout = config.timeout
+        # No cap on connections: the deployment's max_concurrency is enforced before a request
+        # is sent, and a pool that queued would make a refused request wait instead.
         self._client = httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),
             limits=httpx2.Limits(
-                max_connections=most,
-                max_keepalive_connections=min(most or _KEEPALIVE, _KEEPALIVE),
+                max_connections=None,
+                max_keepalive_connections=min(config.max_concurrency or _KEEPALIVE, _KEEPALIVE),
                 keepalive_expiry=30.0,
             ),
         )
@@ -81,63 +93,70 @@ class Upstream:
 
     async def answer(self, payload: bytes) -> tuple[bytes, dict[str, Any]]:
         """The ``chat.completion`` the upstream answers ``payload`` with, read whole."""
-        response = await self._open(payload)
         try:
-            body = await response.aread()
+            async with asyncio.timeout(self._timeout):
+                response = await self._open(payload)
+                try:
+                    body = await response.aread()
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise _timed_out() from None
+        except DeploymentError:
+            raise
         except Exception as exc:
             raise failure_of(exc) from None
-        finally:
-            await response.aclose()
         document = _completion(body, "choices")
         if document is None:
             logger.warning("the upstream did not answer with a chat completion")
-            raise DeploymentError(UpstreamError(None), "bad_answer")
+            raise DeploymentError(UpstreamError(None, answered=True), "bad_answer")
         return body, document
 
     async def stream(self, payload: bytes) -> AsyncGenerator[tuple[bytes, dict[str, Any]], None]:
         """The ``data`` payloads of the upstream's event stream, up to its ``[DONE]``. A stream
         that ends without a chunk, or holds something else, fails with ``bad_answer``."""
-        response = await self._open(payload)
         received = False
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # the blank line between events, a comment, an event name
-                data = line[5:].strip().encode()
-                if data == b"[DONE]":
-                    break
-                document = _completion(data, "choices")
-                if document is None:
-                    if received:
-                        logger.warning("the upstream's stream failed part-way")
-                        raise DeploymentError(UpstreamError(None), "dropped")
-                    break
-                received = True
-                yield data, document
+            async with asyncio.timeout(self._timeout):
+                response = await self._open(payload)
+            try:
+                events = _data(response.aiter_bytes())
+                while True:
+                    async with asyncio.timeout(self._timeout):
+                        data = await anext(events, b"[DONE]")
+                    if data == b"[DONE]":
+                        break
+                    document = _completion(data, "choices")
+                    if document is None:
+                        if received:
+                            logger.warning("the upstream's stream failed part-way")
+                            raise DeploymentError(UpstreamError(None), "dropped")
+                        break
+                    received = True
+                    yield data, document
+            finally:
+                await response.aclose()
+        except TimeoutError:
+            raise _timed_out() from None
         except DeploymentError:
             raise
         except Exception as exc:
             raise failure_of(exc, dropped=received) from None
-        finally:
-            await response.aclose()
         if not received:
             logger.warning("the upstream did not answer with a chat completion stream")
-            raise DeploymentError(UpstreamError(None), "bad_answer")
+            raise DeploymentError(UpstreamError(None, answered=True), "bad_answer")
 
     async def _open(self, payload: bytes) -> httpx2.Response:
         """Send ``payload``; the response once its status is a success, its body unread."""
         client = self._client
-        try:
-            response = await client.send(
-                client.build_request("POST", self._url, content=payload), stream=True
-            )
-        except Exception as exc:
-            raise failure_of(exc) from None
+        response = await client.send(
+            client.build_request("POST", self._url, content=payload), stream=True
+        )
         if response.status_code < 300:
             return response
         try:
             body = b""
-            async for piece in response.aiter_raw():
+            async for piece in response.aiter_bytes():  # decompressed, unlike aiter_raw
                 body += piece
                 if len(body) >= _ERROR_BODY_LIMIT:
                     break
@@ -145,21 +164,38 @@ class Upstream:
             body = b""  # the status says enough
         finally:
             await response.aclose()
-        raise _refused(response.status_code, response.headers, body)
+        raise _refused(response.status_code, response.headers, body, self._key)
+
+
+async def _data(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The ``data:`` lines of an event stream, as bytes: nothing is decoded but the JSON."""
+    pending = b""
+    async for piece in pieces:
+        pending += piece
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):  # else a blank line, a comment, an event name
+                yield line[5:].strip()
+    if pending.startswith(b"data:"):
+        yield pending[5:].strip()
+
+
+def _timed_out() -> DeploymentError:
+    logger.warning("the upstream timed out")
+    return DeploymentError(UpstreamTimeoutError(), "timeout")
 
 
 def failure_of(exc: BaseException, *, dropped: bool = False) -> DeploymentError:
     """The failure an exception of the HTTP client stands for (anything else is ours)."""
     if isinstance(exc, httpx2.TimeoutException):
-        logger.warning("the upstream timed out")
-        return DeploymentError(UpstreamTimeoutError(), "timeout")
+        return _timed_out()
     if isinstance(exc, httpx2.HTTPError):
         logger.warning("the upstream failed: %s", type(exc).__name__)
         return DeploymentError(UpstreamError(None), "dropped" if dropped else "unreachable")
     raise exc
 
 
-def _refused(status: int, headers: httpx2.Headers, body: bytes) -> DeploymentError:
+def _refused(status: int, headers: httpx2.Headers, body: bytes, key: str | None) -> DeploymentError:
     logger.warning("the upstream answered %s", status, extra={"upstream_status": status})
     if status in (400, 422):
         document = _completion(body, "error")
@@ -169,11 +205,13 @@ def _refused(status: int, headers: httpx2.Headers, body: bytes) -> DeploymentErr
         error = error if isinstance(error, dict) else document
         message = error.get("message")
         param, code = error.get("param"), error.get("code")
+        if not isinstance(message, str) or not message:
+            message = f"The upstream answered {status}: it refused the request."
+        if key:
+            message = message.replace(key, "[redacted]")
         return DeploymentError(
             InvalidRequestError(
-                message
-                if isinstance(message, str) and message
-                else f"The upstream answered {status}: it refused the request.",
+                message,
                 param=param if isinstance(param, str) else None,
                 code=code if isinstance(code, str) else None,
             ),
@@ -193,7 +231,7 @@ def _completion(data: bytes, key: str) -> dict[str, Any] | None:
     """``data`` as a JSON object holding ``key`` (a list of choices, an error), else None."""
     try:
         document = _decode(data)
-    except msgspec.DecodeError:
+    except _UNDECODABLE:
         return None
     if not isinstance(document, dict):
         return None
@@ -212,5 +250,5 @@ def _retry_after(headers: httpx2.Headers) -> float | None:
         except ValueError:
             continue
         if math.isfinite(seconds) and seconds >= 0:
-            return seconds
+            return min(seconds, _LONGEST_WAIT_SECONDS)
     return None

@@ -476,3 +476,29 @@ def test_a_deployment_gets_its_place_back_however_its_streams_end(
             time.sleep(0.05)
         assert next_one.status_code == 200
     assert metric(server, "chatbot_upstream_in_flight", deployment="a") == 0
+
+
+def test_the_responses_api_is_served_by_the_fleet_and_its_fallbacks(
+    start_server: ServerFactory, tmp_path: Path, replicas: dict[str, Replica]
+) -> None:
+    replicas["a"].behaviour = "fail"
+    toml = (
+        f'{HEADER}max_retries = 0\nfallbacks = ["spare"]\n'
+        + deployments(replicas["a"])
+        + f'[models.spare]\nprovider = "openai"\nbase_url = "{replicas["b"].base_url}"\n'
+    )
+    server = front(start_server, tmp_path, toml)
+    url = f"{server.base_url}/v1/responses"
+
+    answer = httpx.post(url, json={"model": "fleet", "input": "hello fleet"}, timeout=30)
+    streamed = httpx.post(
+        url, json={"model": "fleet", "input": "hello fleet", "stream": True}, timeout=30
+    )
+
+    assert answer.status_code == 200
+    assert answer.json()["output"][0]["content"][0]["text"] == "b: hello fleet"
+    assert answer.json()["usage"]["total_tokens"] == 8
+    assert streamed.status_code == 200
+    assert "event: response.completed" in streamed.text
+    assert "b: " in streamed.text
+    assert replicas["a"].hits == 2

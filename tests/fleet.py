@@ -28,6 +28,10 @@ Behaviour = Literal[
     "only-pings",
     "bad-utf8",
     "odd-tools",
+    "error-mid-stream",
+    "error-first",
+    "bare-400",
+    "json-array",
 ]
 
 
@@ -65,6 +69,15 @@ class Replica:
             return StreamingResponse(_pings(), media_type="text/event-stream")
         if self.behaviour == "bad-utf8":
             return Response(b'{"choices": [], "note": "\xff\xfe"}', media_type="application/json")
+        if self.behaviour == "bare-400":
+            return Response(b"{}", status_code=400, media_type="application/json")
+        if self.behaviour == "json-array":
+            return JSONResponse([1, 2, 3])
+        if self.behaviour in ("error-mid-stream", "error-first"):
+            first = self.behaviour == "error-first"
+            return StreamingResponse(
+                _erring(body["model"], first=first), media_type="text/event-stream"
+            )
         if self.behaviour == "odd-tools":
             return StreamingResponse(_odd_tools(body["model"]), media_type="text/event-stream")
         text = f"{self.name}: {body['messages'][-1]['content']}"
@@ -131,6 +144,20 @@ async def _pings() -> AsyncIterator[str]:
     while True:
         yield ": ping\n\n"
         await asyncio.sleep(0.1)
+
+
+async def _erring(model: str, *, first: bool) -> AsyncIterator[str]:
+    """An error object in the stream: in place of the first chunk, or after one."""
+    if not first:
+        document = {
+            "id": "chatcmpl-replica",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": "half"}, "finish_reason": None}],
+        }
+        yield f"data: {json.dumps(document)}\n\n"
+    yield f"data: {json.dumps({'error': {'message': 'overloaded', 'code': 'busy'}})}\n\n"
 
 
 async def _odd_tools(model: str) -> AsyncIterator[str]:

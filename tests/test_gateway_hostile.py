@@ -4,6 +4,7 @@ deployment's place in flight."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.fleet import Replica, fleet
-from tests.test_gateway import HEADER, ask, deployments, front, metric
+from tests.fleet import Behaviour, Replica, fleet
+from tests.test_gateway import HEADER, ask, counted, deployments, front, metric
 
 KEY = "sk-fleet-secret-0123456789"
 
@@ -50,6 +51,7 @@ def test_an_upstream_that_only_pings_is_cut_at_its_timeout_and_another_serves(
     toml = f'{HEADER}routing = "weighted"\n' + deployments(replicas["a"], weight=1000, timeout=1)
     toml += deployments(replicas["b"], weight=0.001)
     server = front(start_server, tmp_path, toml)
+    failed = counted(server, "chatbot_upstream_failures_total", deployment="a", kind="timeout")
 
     started = time.monotonic()
     answer = ask(server, stream=True)
@@ -57,7 +59,7 @@ def test_an_upstream_that_only_pings_is_cut_at_its_timeout_and_another_serves(
     assert answer.status_code == 200
     assert answer.headers["x-chatbot-deployment"] == "b"
     assert time.monotonic() - started < 5
-    assert metric(server, "chatbot_upstream_failures_total", deployment="a", kind="timeout") == 1
+    assert failed() == 1
 
 
 def test_a_retry_after_of_ages_is_capped_not_a_500(
@@ -82,12 +84,13 @@ def test_an_answer_that_is_not_utf8_is_a_502_and_counted(
     server = front(
         start_server, tmp_path, f"{HEADER}max_retries = 0\n" + deployments(replicas["a"])
     )
+    failed = counted(server, "chatbot_upstream_failures_total", deployment="a", kind="bad_answer")
 
     answer = ask(server)
 
     assert answer.status_code == 502
     assert "did not answer with a chat completion" in answer.json()["error"]["message"]
-    assert metric(server, "chatbot_upstream_failures_total", deployment="a", kind="bad_answer") == 1
+    assert failed() == 1
 
 
 def test_a_stored_stream_of_odd_tool_calls_is_stored_not_an_internal_error(
@@ -132,3 +135,47 @@ def test_a_model_id_in_any_script_names_its_deployment_in_a_header_it_can_carry(
     assert answers[0].headers["x-chatbot-deployment"] == "%E6%A8%A1%E5%9E%8B/1"
     assert answers[1].text.rstrip().endswith("data: [DONE]")
     assert metric(server, "chatbot_upstream_in_flight", model="模型") == 0
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "stream", "status", "message"),
+    [
+        ("error-first", True, 502, "did not answer with a chat completion"),
+        ("json-array", False, 502, "did not answer with a chat completion"),
+        ("bare-400", False, 400, "The upstream answered 400: it refused the request."),
+    ],
+)
+def test_an_answer_that_is_no_completion_is_refused_before_any_byte(
+    start_server: ServerFactory,
+    tmp_path: Path,
+    replicas: dict[str, Replica],
+    behaviour: Behaviour,
+    stream: bool,
+    status: int,
+    message: str,
+) -> None:
+    replicas["a"].behaviour = behaviour
+    toml = f"{HEADER}max_retries = 0\n" + deployments(replicas["a"])
+    server = front(start_server, tmp_path, toml)
+
+    answer = ask(server, stream=stream)
+
+    assert answer.status_code == status
+    assert message in answer.json()["error"]["message"]
+
+
+def test_an_error_object_part_way_through_a_stream_ends_it_with_an_error_event(
+    start_server: ServerFactory, tmp_path: Path, replicas: dict[str, Replica]
+) -> None:
+    replicas["a"].behaviour = "error-mid-stream"
+    server = front(start_server, tmp_path, HEADER + deployments(replicas["a"]))
+    failed = counted(server, "chatbot_upstream_failures_total", deployment="a", kind="dropped")
+
+    answer = ask(server, stream=True)
+    data = [line[6:] for line in answer.text.splitlines() if line.startswith("data: ")]
+
+    assert answer.status_code == 200
+    assert "half" in data[0]
+    assert json.loads(data[-2])["error"]["code"] == "upstream_error"
+    assert data[-1] == "[DONE]"
+    assert failed() == 1

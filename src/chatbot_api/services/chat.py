@@ -261,7 +261,20 @@ class ChatService:
         stream.payloads = self._stream(chat, first, events, stream, place)
         return stream
 
-    async def _stream(
+    def _stream(
+        self,
+        chat: PreparedChat,
+        first: GenerationEvent | None,
+        events: AsyncIterator[GenerationEvent],
+        out: ChatStream,
+        place: QueuePlace | None,
+    ) -> AsyncIterator[str | bytes]:
+        """The SSE ``data`` payloads of a streamed completion, ``[DONE]`` last: its chunks,
+        built from the provider's events, and its ending (:func:`_ended`). A stream that
+        completes is stored as assembled in its reserved ``place``."""
+        return _ended(chat, out, self._chunks(chat, first, events, out, place), place, events)
+
+    async def _chunks(
         self,
         chat: PreparedChat,
         first: GenerationEvent | None,
@@ -269,12 +282,6 @@ class ChatService:
         out: ChatStream,
         place: QueuePlace | None,
     ) -> AsyncIterator[str]:
-        """The SSE ``data`` payloads of a streamed completion, ``[DONE]`` last.
-
-        An error after the first chunk becomes an error event; a cancelled stream (the client
-        went away) stops the provider at once and is logged. A stream that completes is
-        stored as assembled in its reserved ``place``; one that does not gives the place back.
-        """
         exclude = None if chat.include_usage else {"usage"}
 
         def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> str:
@@ -283,58 +290,31 @@ class ChatService:
             ).model_dump_json(exclude=exclude)
 
         assembly = chat.assembly() if place is not None else None
-        pieces = 0
-        metrics.ACTIVE_STREAMS.inc()
-        try:
-            for index in range(chat.n):
-                yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-            async for event in _prepend(first, events):
-                if assembly is not None:
-                    assembly.add(event)
-                if isinstance(event, TextDelta):
-                    pieces += 1
-                    choice = ChunkChoice(
-                        index=event.index,
-                        delta=Delta(content=event.text),
-                        logprobs=wire_logprobs(event.logprobs) if event.logprobs else None,
-                    )
-                    yield chunk([choice])
-                elif isinstance(event, ToolCallDelta):
-                    pieces += 1
-                    yield chunk(
-                        [ChunkChoice(index=event.index, delta=Delta(tool_calls=[event.call]))]
-                    )
-                elif isinstance(event, Finish):
-                    yield chunk(
-                        [ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)]
-                    )
-                else:
-                    out.usage = usage = _record_usage(event)
-                    if chat.include_usage:
-                        yield chunk([], usage)
-            if assembly is not None and place is not None:
-                body = assembly.completion(chat.id, chat.created, chat.spec.id).model_dump_json()
-                self._save(chat, body, assembly.usage, place)
-        except ChatbotAPIError as exc:
-            logger.warning("stream failed: %s", exc.message, extra={"code": exc.code})
-            yield exc.to_body().model_dump_json()
-        except Exception:
-            logger.exception("stream failed unexpectedly")
-            yield internal_error(chat.request_id).to_body().model_dump_json()
-        except BaseException:
-            # Closed from outside: by the server (its deadline, its shutdown) or by the client.
-            logger.info(
-                "%s; generation stopped",
-                out.ended or "client disconnected",
-                extra={"model": chat.spec.id, "pieces_sent": pieces},
-            )
-            raise
-        finally:
-            metrics.ACTIVE_STREAMS.dec()
-            if place is not None:
-                place.release()  # a no-op once the record is queued
-            await _close(events)
-        yield "[DONE]"
+        for index in range(chat.n):
+            yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+        async for event in _prepend(first, events):
+            if assembly is not None:
+                assembly.add(event)
+            if isinstance(event, TextDelta):
+                choice = ChunkChoice(
+                    index=event.index,
+                    delta=Delta(content=event.text),
+                    logprobs=wire_logprobs(event.logprobs) if event.logprobs else None,
+                )
+                yield chunk([choice])
+            elif isinstance(event, ToolCallDelta):
+                yield chunk([ChunkChoice(index=event.index, delta=Delta(tool_calls=[event.call]))])
+            elif isinstance(event, Finish):
+                yield chunk(
+                    [ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)]
+                )
+            else:
+                out.usage = usage = _record_usage(event)
+                if chat.include_usage:
+                    yield chunk([], usage)
+        if assembly is not None and place is not None:
+            body = assembly.completion(chat.id, chat.created, chat.spec.id).model_dump_json()
+            self._save(chat, body, assembly.usage, place)
 
     async def _relay_answer(self, chat: PreparedChat, relay: RelayCall) -> Completion:
         """The upstream's ``chat.completion``, its bytes passed on unless its ``model`` (or,
@@ -373,64 +353,46 @@ class ChatService:
         stream.payloads = self._relayed_payloads(chat, relayed, stream, place)
         return stream
 
-    async def _relayed_payloads(
+    def _relayed_payloads(
         self, chat: PreparedChat, relayed: RelayedStream, out: ChatStream, place: QueuePlace | None
     ) -> AsyncIterator[str | bytes]:
         """The upstream's chunks as they came, but for what must change: ``model`` says ours,
         a stored stream's ``id`` is the stored completion's, usage the client did not ask for
         is left out. Errors and endings as :meth:`_stream`'s."""
+        chunks = self._relayed_chunks(chat, relayed, out, place)
+        return _ended(chat, out, chunks, place, relayed.chunks, relayed.aclose)
+
+    async def _relayed_chunks(
+        self, chat: PreparedChat, relayed: RelayedStream, out: ChatStream, place: QueuePlace | None
+    ) -> AsyncIterator[str]:
         assembly = chat.assembly() if place is not None else None
         include_usage = chat.include_usage
-        pieces = 0
-        metrics.ACTIVE_STREAMS.inc()
-        try:
-            async for payload, document in relayed.chunks:
-                pieces += 1
-                change = place is not None or document.get("model") != relayed.model
-                if assembly is not None:
-                    for event in chunk_events(document):
-                        if not isinstance(event, TextDelta | ToolCallDelta | Finish) or (
-                            event.index < chat.n
-                        ):
-                            assembly.add(event)
-                usage = usage_of(document)
-                if usage is not None:
-                    out.usage = _account(chat, usage)
-                    if not include_usage:
-                        if not document.get("choices"):
-                            continue
-                        document["usage"] = None
-                        change = True
-                if change:
-                    document["model"] = relayed.model
-                    if place is not None:
-                        document["id"] = chat.id
-                    yield _encode(document).decode()
-                else:
-                    yield payload.decode()
-            if assembly is not None and place is not None:
-                body = assembly.completion(chat.id, chat.created, relayed.model).model_dump_json()
-                self._save(chat, body, assembly.usage, place)
-        except ChatbotAPIError as exc:
-            logger.warning("stream failed: %s", exc.message, extra={"code": exc.code})
-            yield exc.to_body().model_dump_json()
-        except Exception:
-            logger.exception("stream failed unexpectedly")
-            yield internal_error(chat.request_id).to_body().model_dump_json()
-        except BaseException:
-            logger.info(
-                "%s; generation stopped",
-                out.ended or "client disconnected",
-                extra={"model": chat.spec.id, "pieces_sent": pieces},
-            )
-            raise
-        finally:
-            metrics.ACTIVE_STREAMS.dec()
-            if place is not None:
-                place.release()
-            await relayed.chunks.aclose()
-            await relayed.aclose()
-        yield "[DONE]"
+        async for payload, document in relayed.chunks:
+            change = place is not None or document.get("model") != relayed.model
+            if assembly is not None:
+                for event in chunk_events(document):
+                    if not isinstance(event, TextDelta | ToolCallDelta | Finish) or (
+                        event.index < chat.n
+                    ):
+                        assembly.add(event)
+            usage = usage_of(document)
+            if usage is not None:
+                out.usage = _account(chat, usage)
+                if not include_usage:
+                    if not document.get("choices"):
+                        continue
+                    document["usage"] = None
+                    change = True
+            if change:
+                document["model"] = relayed.model
+                if place is not None:
+                    document["id"] = chat.id
+                yield _encode(document).decode()
+            else:
+                yield payload.decode()
+        if assembly is not None and place is not None:
+            body = assembly.completion(chat.id, chat.created, relayed.model).model_dump_json()
+            self._save(chat, body, assembly.usage, place)
 
     def events(self, chat: PreparedChat) -> AsyncIterator[GenerationEvent]:
         """The provider's events for ``chat`` (its choices fanned out when the provider runs
@@ -499,6 +461,48 @@ def _completion_id() -> str:
     """``chatcmpl-`` and 32 hex digits that sort by time (milliseconds first, then random):
     stored rows then land at the end of the id index instead of at random places in it."""
     return f"chatcmpl-{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+async def _ended(
+    chat: PreparedChat,
+    out: ChatStream,
+    chunks: AsyncIterator[str],
+    place: QueuePlace | None,
+    source: AsyncIterator[Any],
+    close: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[str | bytes]:
+    """``chunks``, then ``[DONE]``. An error part-way becomes an error event; a stream closed
+    from outside (the client left, the server's deadline or shutdown) is logged and raises on.
+    However it ends, the store's ``place`` is given back (a no-op once the record is queued)
+    and the generation stops: ``chunks`` and its ``source`` are closed, then ``close`` runs."""
+    sent = 0
+    metrics.ACTIVE_STREAMS.inc()
+    try:
+        async for chunk in chunks:
+            sent += 1
+            yield chunk
+    except ChatbotAPIError as exc:
+        logger.warning("stream failed: %s", exc.message, extra={"code": exc.code})
+        yield exc.to_body().model_dump_json()
+    except Exception:
+        logger.exception("stream failed unexpectedly")
+        yield internal_error(chat.request_id).to_body().model_dump_json()
+    except BaseException:
+        logger.info(
+            "%s; generation stopped",
+            out.ended or "client disconnected",
+            extra={"model": chat.spec.id, "pieces_sent": sent},
+        )
+        raise
+    finally:
+        metrics.ACTIVE_STREAMS.dec()
+        if place is not None:
+            place.release()
+        await _close(chunks)
+        await _close(source)
+        if close is not None:
+            await close()
+    yield "[DONE]"
 
 
 async def _prepend(

@@ -32,6 +32,7 @@ Behaviour = Literal[
     "error-first",
     "bare-400",
     "json-array",
+    "reused-index",
 ]
 
 
@@ -63,8 +64,10 @@ class Replica:
             too_long = "This model's maximum context length is 16 tokens."
             return _error(400, too_long, code="context_length_exceeded")
         if self.behaviour == "quote-key":  # a careless upstream, echoing what it was sent
-            said = f"bad request; you sent {request.headers.get('authorization')}"
-            return _error(400, said)
+            sent = str(request.headers.get("authorization"))
+            body = {"error": {"message": f"bad request; you sent {sent}", "type": "x"}}
+            body["error"] |= {"param": sent.removeprefix("Bearer "), "code": sent}
+            return JSONResponse(body, status_code=400)
         if self.behaviour == "only-pings":
             return StreamingResponse(_pings(), media_type="text/event-stream")
         if self.behaviour == "bad-utf8":
@@ -78,6 +81,8 @@ class Replica:
             return StreamingResponse(
                 _erring(body["model"], first=first), media_type="text/event-stream"
             )
+        if self.behaviour == "reused-index":
+            return StreamingResponse(_reused_index(body["model"]), media_type="text/event-stream")
         if self.behaviour == "odd-tools":
             return StreamingResponse(_odd_tools(body["model"]), media_type="text/event-stream")
         text = f"{self.name}: {body['messages'][-1]['content']}"
@@ -158,6 +163,22 @@ async def _erring(model: str, *, first: bool) -> AsyncIterator[str]:
         }
         yield f"data: {json.dumps(document)}\n\n"
     yield f"data: {json.dumps({'error': {'message': 'overloaded', 'code': 'busy'}})}\n\n"
+
+
+async def _reused_index(model: str) -> AsyncIterator[str]:
+    """Two tool calls, each numbered 0, told apart by their ids (as some upstreams send)."""
+    for call_id, name in (("call_a", "f"), ("call_b", "g")):
+        call = {"index": 0, "id": call_id, "type": "function"}
+        call["function"] = {"name": name, "arguments": "{}"}
+        document = {
+            "id": "chatcmpl-replica",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}],
+        }
+        yield f"data: {json.dumps(document)}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 async def _odd_tools(model: str) -> AsyncIterator[str]:

@@ -41,7 +41,10 @@ def test_an_upstream_that_quotes_our_key_has_it_cut_from_its_message(
 
     assert answer.status_code == 400
     assert KEY not in answer.text
-    assert "you sent Bearer [redacted]" in answer.json()["error"]["message"]
+    error = answer.json()["error"]
+    assert "you sent Bearer [redacted]" in error["message"]
+    assert error["param"] == "[redacted]"
+    assert error["code"] == "Bearer [redacted]"
 
 
 def test_an_upstream_that_only_pings_is_cut_at_its_timeout_and_another_serves(
@@ -179,3 +182,20 @@ def test_an_error_object_part_way_through_a_stream_ends_it_with_an_error_event(
     assert json.loads(data[-2])["error"]["code"] == "upstream_error"
     assert data[-1] == "[DONE]"
     assert failed() == 1
+
+
+def test_a_stored_stream_keeps_tool_calls_apart_that_share_an_index(
+    start_server: ServerFactory, tmp_path: Path, replicas: dict[str, Replica]
+) -> None:
+    replicas["a"].behaviour = "reused-index"
+    server = front(start_server, tmp_path, HEADER + deployments(replicas["a"]))
+
+    answer = ask(server, stream=True, store=True)
+    first = next(line for line in answer.text.splitlines() if line.startswith("data: {"))
+    stored = httpx.get(f"{server.base_url}/v1/chat/completions/{json.loads(first[6:])['id']}")
+
+    calls = stored.json()["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("call_a", "f", "{}"),
+        ("call_b", "g", "{}"),
+    ]

@@ -24,8 +24,10 @@ class Assembly:
         self._texts: list[list[str]] = [[] for _ in range(n)]
         self._logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
         self._reasons: list[FinishReason] = ["stop"] * n
-        #: Per choice, tool calls by their own index, their argument pieces joined.
-        self._tool_calls: list[dict[int, dict[str, Any]]] = [{} for _ in range(n)]
+        #: Per choice, tool calls in the order they began, their argument pieces joined...
+        self._tool_calls: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        #: ... and, per choice, which of them the pieces with each ``index`` now continue.
+        self._current: list[dict[Any, dict[str, Any]]] = [{} for _ in range(n)]
         self._want_logprobs = logprobs
         self.usage = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
@@ -46,19 +48,24 @@ class Assembly:
             )
 
     def _add_tool_call(self, event: ToolCallDelta) -> None:
+        """A piece continues the call its ``index`` names, unless it brings an ``id`` of its
+        own: then it begins another (some upstreams number every call 0)."""
         piece = event.call
-        calls = self._tool_calls[event.index]
+        calls, current = self._tool_calls[event.index], self._current[event.index]
         function = piece.get("function") or {}
-        call = calls.get(piece.get("index", len(calls)))
-        if call is None:
-            call = {"id": piece.get("id"), "type": piece.get("type", "function")}
+        position = piece.get("index", len(calls))
+        call = current.get(position)
+        new_id = piece.get("id")
+        if call is None or (new_id and call["id"] and new_id != call["id"]):
+            call = {"id": new_id, "type": piece.get("type", "function")}
             call["function"] = {"name": function.get("name", ""), "arguments": ""}
-            calls[piece.get("index", len(calls))] = call
+            calls.append(call)
+            current[position] = call
         call["function"]["arguments"] += function.get("arguments") or ""
 
     def _message(self, choice: int) -> ResponseMessage:
         text = "".join(self._texts[choice])
-        calls = [self._tool_calls[choice][key] for key in sorted(self._tool_calls[choice])]
+        calls = self._tool_calls[choice]
         if not calls:
             return ResponseMessage(content=text)
         return ResponseMessage(content=text or None, tool_calls=calls)

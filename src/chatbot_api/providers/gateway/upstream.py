@@ -207,13 +207,11 @@ def _refused(status: int, headers: httpx2.Headers, body: bytes, key: str | None)
         param, code = error.get("param"), error.get("code")
         if not isinstance(message, str) or not message:
             message = f"The upstream answered {status}: it refused the request."
-        if key:
-            message = message.replace(key, "[redacted]")
         return DeploymentError(
             InvalidRequestError(
-                message,
-                param=param if isinstance(param, str) else None,
-                code=code if isinstance(code, str) else None,
+                _cleared(message, key),
+                param=_cleared(param, key) if isinstance(param, str) else None,
+                code=_cleared(code, key) if isinstance(code, str) else None,
             ),
             None,
         )
@@ -225,6 +223,11 @@ def _refused(status: int, headers: httpx2.Headers, body: bytes, key: str | None)
         )
         return DeploymentError(error, "rate_limited", retry_after=wait)
     return DeploymentError(UpstreamError(status), "server_error" if status >= 500 else "refused")
+
+
+def _cleared(text: str, key: str | None) -> str:
+    """``text`` without our key for the upstream, should the upstream quote it."""
+    return text.replace(key, "[redacted]") if key else text
 
 
 def _completion(data: bytes, key: str) -> dict[str, Any] | None:

@@ -119,28 +119,27 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _chunks(model: str, text: str, *, usage: bool, dies: bool) -> AsyncIterator[str]:
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        document = {
-            "id": "chatcmpl-replica",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            **extra,
-        }
-        return f"data: {json.dumps(document)}\n\n"
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> str:
+    """One ``data`` event of a chat-completion stream."""
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    document = {"id": "chatcmpl-replica", "object": "chat.completion.chunk", "created": 1}
+    document |= {"model": model, "choices": [choice]}
+    return f"data: {json.dumps(document)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
+
+async def _chunks(model: str, text: str, *, usage: bool, dies: bool) -> AsyncIterator[str]:
+    yield _chunk(model, {"role": "assistant", "content": ""})
     for word in text.split(" "):
-        yield chunk({"content": word + " "})
+        yield _chunk(model, {"content": word + " "})
         await asyncio.sleep(0.005)
         if dies:
             raise RuntimeError("the replica died mid-stream")
-    yield chunk({}, "stop")
+    yield _chunk(model, {}, "stop")
     if usage:
         counts = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
-        yield f"data: {json.dumps({'id': 'chatcmpl-replica', 'object': 'chat.completion.chunk', 'created': 1, 'model': model, 'choices': [], 'usage': counts})}\n\n"  # noqa: E501
+        document = {"id": "chatcmpl-replica", "object": "chat.completion.chunk", "created": 1}
+        document |= {"model": model, "choices": [], "usage": counts}
+        yield f"data: {json.dumps(document)}\n\n"
     yield "data: [DONE]\n\n"
 
 
@@ -154,14 +153,7 @@ async def _pings() -> AsyncIterator[str]:
 async def _erring(model: str, *, first: bool) -> AsyncIterator[str]:
     """An error object in the stream: in place of the first chunk, or after one."""
     if not first:
-        document = {
-            "id": "chatcmpl-replica",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": model,
-            "choices": [{"index": 0, "delta": {"content": "half"}, "finish_reason": None}],
-        }
-        yield f"data: {json.dumps(document)}\n\n"
+        yield _chunk(model, {"content": "half"})
     yield f"data: {json.dumps({'error': {'message': 'overloaded', 'code': 'busy'}})}\n\n"
 
 
@@ -170,28 +162,14 @@ async def _reused_index(model: str) -> AsyncIterator[str]:
     for call_id, name in (("call_a", "f"), ("call_b", "g")):
         call = {"index": 0, "id": call_id, "type": "function"}
         call["function"] = {"name": name, "arguments": "{}"}
-        document = {
-            "id": "chatcmpl-replica",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": model,
-            "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}],
-        }
-        yield f"data: {json.dumps(document)}\n\n"
+        yield _chunk(model, {"tool_calls": [call]})
     yield "data: [DONE]\n\n"
 
 
 async def _odd_tools(model: str) -> AsyncIterator[str]:
     """Tool-call pieces of the wrong shapes, then a proper ending."""
     for call in ({"index": "a", "function": "f"}, {"index": 0, "function": {"arguments": 5}}):
-        document = {
-            "id": "chatcmpl-replica",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": model,
-            "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}],
-        }
-        yield f"data: {json.dumps(document)}\n\n"
+        yield _chunk(model, {"tool_calls": [call]})
     yield "data: [DONE]\n\n"
 
 

@@ -24,38 +24,28 @@ _FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
 
 
 def completion_events(document: dict[str, Any]) -> list[GenerationEvent]:
-    """The events of a ``chat.completion``."""
-    events: list[GenerationEvent] = []
-    for choice in _dicts(document.get("choices")):
-        index = _index(choice)
-        message = choice.get("message")
-        message = message if isinstance(message, dict) else {}
-        content = message.get("content")
-        if isinstance(content, str) and content:
-            events.append(TextDelta(content, index, _logprobs(choice.get("logprobs"))))
-        for number, call in enumerate(_dicts(message.get("tool_calls"))):
-            events.append(ToolCallDelta(_tool_call(call, number), index))
-        events.append(Finish(_finish(choice.get("finish_reason")), index))
-    usage = usage_of(document)
-    if usage is not None:
-        events.append(usage)
-    return events
+    """The events of a ``chat.completion``: every choice ends with its finish reason."""
+    return _events(document, "message", whole=True)
 
 
 def chunk_events(document: dict[str, Any]) -> list[GenerationEvent]:
     """The events of one ``chat.completion.chunk``."""
+    return _events(document, "delta", whole=False)
+
+
+def _events(document: dict[str, Any], part: str, *, whole: bool) -> list[GenerationEvent]:
     events: list[GenerationEvent] = []
     for choice in _dicts(document.get("choices")):
         index = _index(choice)
-        delta = choice.get("delta")
-        delta = delta if isinstance(delta, dict) else {}
-        content = delta.get("content")
+        said = choice.get(part)
+        said = said if isinstance(said, dict) else {}
+        content = said.get("content")
         if isinstance(content, str) and content:
             events.append(TextDelta(content, index, _logprobs(choice.get("logprobs"))))
-        for number, call in enumerate(_dicts(delta.get("tool_calls"))):
+        for number, call in enumerate(_dicts(said.get("tool_calls"))):
             events.append(ToolCallDelta(_tool_call(call, number), index))
-        if choice.get("finish_reason") is not None:
-            events.append(Finish(_finish(choice["finish_reason"]), index))
+        if whole or choice.get("finish_reason") is not None:
+            events.append(Finish(_finish(choice.get("finish_reason")), index))
     usage = usage_of(document)
     if usage is not None:
         events.append(usage)

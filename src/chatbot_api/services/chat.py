@@ -146,6 +146,9 @@ class ChatService:
         self._store_by_default = store_by_default
         self._reserve_tokens = reserve_tokens
         self._default_lengths: dict[str, int] = {}
+        #: Per model, whether its provider relays: a runtime-checked Protocol costs each
+        #: ``isinstance`` a look at every method, too much for each request.
+        self._relays: dict[str, Relay | None] = {}
 
     def prepare(
         self,
@@ -200,10 +203,16 @@ class ChatService:
             request_id=request_id,
             reserved_tokens=self._reservation(model.spec, generations[0], n),
             started=time.perf_counter(),
-            relay=RelayCall(model.provider, _relayed_body(raw))
-            if raw and isinstance(model.provider, Relay)
+            relay=RelayCall(relay, _relayed_body(raw))
+            if raw and (relay := self._relay(model.spec.id, model.provider)) is not None
             else None,
         )
+
+    def _relay(self, model_id: str, provider: Provider) -> Relay | None:
+        """The model's provider when it relays, else None (decided once per model)."""
+        if model_id not in self._relays:
+            self._relays[model_id] = provider if isinstance(provider, Relay) else None
+        return self._relays[model_id]
 
     def _reservation(self, spec: ModelSpec, generation: GenerationRequest, n: int) -> int:
         """The prompt's size estimated as OpenAI's limiter does (four characters a token),

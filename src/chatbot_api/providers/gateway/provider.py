@@ -133,10 +133,6 @@ class OpenAIUpstreamProvider:
             found.append(provider)
         return tuple(found)
 
-    @property
-    def deployments(self) -> tuple[Deployment, ...]:
-        return tuple(self._deployments)
-
     def problem(self) -> str | None:
         # An upstream outage is not this server's: it answers 502 (or falls back) for the
         # model and stays ready, for its other models. ``unavailable`` reports it.

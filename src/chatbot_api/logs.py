@@ -1,6 +1,9 @@
 """Logging set-up: JSON lines (python-json-logger) or a rich console, with size-based rotation.
 
 Every record carries the id of the request it belongs to, taken from the request context.
+Nothing is formatted or written on the caller's thread: the root logger's one handler puts each
+record on a queue, and a thread of its own formats and writes it (stderr, the log file). A slow
+disk or a blocked terminal then holds up that thread, never the event loop.
 """
 
 from __future__ import annotations
@@ -8,10 +11,11 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import queue
 import sys
 from pathlib import Path
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.msgspec import MsgspecFormatter
 from rich.console import Console
 from rich.logging import RichHandler
 
@@ -35,8 +39,33 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def _json_formatter() -> JsonFormatter:
-    return JsonFormatter(_JSON_FORMAT, rename_fields=_RENAMES, timestamp=False)
+def _json_formatter() -> MsgspecFormatter:
+    # msgspec's encoder: a third of the stdlib encoder's time per line, on the line every
+    # request writes (the access log).
+    return MsgspecFormatter(_JSON_FORMAT, rename_fields=_RENAMES, timestamp=False)
+
+
+class _Handoff(logging.handlers.QueueHandler):
+    """Hands records to the writing thread as they are: the stdlib's version formats each
+    one here first (for queues that cross processes), which is the work to keep off the loop.
+    Only the message is fixed now, since its arguments may change once the caller goes on."""
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord]) -> None:
+        super().__init__(records)
+        self.listener: logging.handlers.QueueListener | None = None
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg = record.getMessage()
+        record.args = None
+        return record
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()  # writes what is queued, then ends the thread
+            for handler in self.listener.handlers:
+                handler.close()
+            self.listener = None
+        super().close()
 
 
 def reset_logging() -> None:
@@ -84,10 +113,14 @@ def configure_logging(settings: Settings) -> None:
         rotating.setFormatter(_json_formatter())
         handlers.append(rotating)
 
-    for handler in handlers:
-        setattr(handler, _OURS, True)
-        handler.addFilter(RequestIdFilter())
-        root.addHandler(handler)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handoff = _Handoff(records)
+    setattr(handoff, _OURS, True)
+    # The request's id is read here, on the thread (and in the context) that logged.
+    handoff.addFilter(RequestIdFilter())
+    handoff.listener = logging.handlers.QueueListener(records, *handlers)
+    handoff.listener.start()
+    root.addHandler(handoff)
 
     # Uvicorn's own loggers flow into ours; its access log is replaced by the middleware's.
     for name in ("uvicorn", "uvicorn.error"):

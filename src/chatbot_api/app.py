@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,6 +24,7 @@ from chatbot_api.api import (
 from chatbot_api.api.deps import authenticate
 from chatbot_api.api.error_docs import drop_validation_422, error_responses
 from chatbot_api.api.error_handlers import install_exception_handlers
+from chatbot_api.api.fast import FastRoutes
 from chatbot_api.config import Settings
 from chatbot_api.db.engine import Database, default_database_url
 from chatbot_api.logs import configure_logging, reset_logging
@@ -69,6 +71,19 @@ client (the official SDKs, LangChain's `ChatOpenAI`, curl) at it unchanged.
 Errors always come in OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`
 with OpenAI's status codes. Every response carries an `X-Request-ID` header.
 """
+
+
+def settle_the_heap() -> None:
+    """Keep the garbage collector's full passes off everything loaded at start.
+
+    Some hundred thousand objects (FastAPI, Pydantic's schemas, SQLAlchemy, the OpenAPI
+    document) live as long as the process. Each full collection walked them all: at
+    concurrency 64 on ``echo`` that was a pause every few seconds long enough to hold every
+    request in flight, the p99 stalls of docs/benchmarks.md. Frozen, they are never walked
+    again; what requests allocate is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(
@@ -153,6 +168,7 @@ def create_app(
                 limiter=limiter,
             )
             logger.info("serving models", extra={"models": [spec.id for spec in registry]})
+            settle_the_heap()
             yield
             logger.info("shutting down")
 
@@ -179,6 +195,8 @@ def create_app(
     app.include_router(responses.router, dependencies=secured, responses=refusals)
     app.include_router(conversations.router, dependencies=secured, responses=refusals)
     app.include_router(admin.router, dependencies=secured, responses=refusals)
+    # Innermost of ours: the hot path, served past FastAPI's per-request machinery.
+    app.add_middleware(FastRoutes, routes={"/v1/chat/completions": chat.create_chat_completion})
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -16,6 +16,7 @@ from chatbot_api.schemas.completions import ChatCompletion
 __all__ = ["router"]
 
 
+# The hot path: a valid request is served by api.fast.FastRoutes, any other by this route.
 router = APIRouter(prefix="/v1", tags=["chat"], route_class=JSONBodyRoute)
 
 _STREAM_DOC = {

@@ -15,7 +15,9 @@ per JSON object (the duplicate-key check). The tree is walked only when the sear
 found something, or when the body has enough brackets to nest too deep or enough bytes to hold
 too many values.
 
-Routers whose routes take a JSON body use :class:`JSONBodyRoute`.
+Routers whose routes take a JSON body use :class:`JSONBodyRoute`; the hot path (chat
+completions) is also served by :class:`~chatbot_api.api.fast.FastRoutes`, which reads the body
+with :func:`read_json` too.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ from fastapi.routing import APIRoute
 from chatbot_api.api.error_handlers import BodyReadError
 from chatbot_api.errors import ChatbotAPIError, InvalidRequestError
 
-__all__ = ["MAX_JSON_DEPTH", "MAX_JSON_VALUES", "JSONBodyRequest", "JSONBodyRoute", "read_json"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_VALUES",
+    "JSONBodyRequest",
+    "JSONBodyRoute",
+    "read_json",
+]
 
 #: Most values (objects, arrays, strings, numbers, literals) one body may hold. A chat of 2,048
 #: messages with tool calls, and 128 tools, holds about half of this.

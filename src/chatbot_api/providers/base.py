@@ -109,6 +109,8 @@ class Finish:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    #: Prompt tokens served from a cache rather than computed; None: the provider keeps none.
+    cached_tokens: int | None = None
 
 
 GenerationEvent = TextDelta | ToolCallDelta | Finish | Usage

@@ -7,7 +7,7 @@ written, as ``null`` when empty; optional fields the spec does not allow to be `
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
@@ -19,6 +19,7 @@ __all__ = [
     "CompletionUsage",
     "Delta",
     "FinishReason",
+    "PromptTokensDetails",
     "ResponseMessage",
 ]
 
@@ -29,10 +30,30 @@ def _absent(value: Any) -> bool:
     return value is None
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(
+        default=0, description="Prompt tokens taken from the model's cache, not computed again."
+    )
+
+
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    #: Only from providers that keep a prompt cache (local models); others leave it out.
+    prompt_tokens_details: PromptTokensDetails | None = Field(default=None, exclude_if=_absent)
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int | None) -> Self:
+        details = None
+        if cached_tokens is not None:
+            details = PromptTokensDetails(cached_tokens=cached_tokens)
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=details,
+        )
 
 
 class ResponseMessage(BaseModel):

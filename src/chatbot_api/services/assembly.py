@@ -41,10 +41,8 @@ class Assembly:
         elif isinstance(event, Finish):
             self._reasons[event.index] = event.reason
         else:
-            self.usage = CompletionUsage(
-                prompt_tokens=event.prompt_tokens,
-                completion_tokens=event.completion_tokens,
-                total_tokens=event.prompt_tokens + event.completion_tokens,
+            self.usage = CompletionUsage.of(
+                event.prompt_tokens, event.completion_tokens, event.cached_tokens
             )
 
     def _add_tool_call(self, event: ToolCallDelta) -> None:

@@ -557,8 +557,4 @@ async def _measured(
 
 def _record_usage(event: Usage) -> CompletionUsage:
     """The wire usage of ``event`` (``events`` told the access log already)."""
-    return CompletionUsage(
-        prompt_tokens=event.prompt_tokens,
-        completion_tokens=event.completion_tokens,
-        total_tokens=event.prompt_tokens + event.completion_tokens,
-    )
+    return CompletionUsage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens)

@@ -40,6 +40,7 @@ async def fan_out(
 
     tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
     prompt_tokens = completion_tokens = 0
+    cached: list[int] = []
     running = len(tasks)
     try:
         while running:
@@ -53,7 +54,10 @@ async def fan_out(
             else:
                 prompt_tokens = max(prompt_tokens, item.prompt_tokens)
                 completion_tokens += item.completion_tokens
-        yield Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                if item.cached_tokens is not None:
+                    cached.append(item.cached_tokens)
+        # The prompt is counted once: cached is what every choice found in the cache.
+        yield Usage(prompt_tokens, completion_tokens, min(cached) if cached else None)
     finally:
         for task in tasks:
             task.cancel()

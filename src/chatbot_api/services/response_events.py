@@ -26,10 +26,10 @@ __all__ = ["ResponseBuilder", "response_error", "wire_usage"]
 Event = dict[str, Any]
 
 
-def wire_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+def wire_usage(input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + output_tokens,
@@ -73,6 +73,7 @@ class ResponseBuilder:
         self.output: list[dict[str, Any]] = []
         self.status = "in_progress"
         self.input_tokens = 0
+        self.cached_tokens = 0
         self.output_tokens = 0
         self._sequence = 0
         self._incomplete: str | None = None
@@ -97,7 +98,7 @@ class ResponseBuilder:
         body["completed_at"] = self._completed_at
         if body["status"] in ("completed", "incomplete"):
             # Optional but never null in the spec: left out until it is known.
-            body["usage"] = wire_usage(self.input_tokens, self.output_tokens)
+            body["usage"] = wire_usage(self.input_tokens, self.output_tokens, self.cached_tokens)
         return body
 
     def _event(self, kind: str, **fields: Any) -> Event:
@@ -125,6 +126,7 @@ class ResponseBuilder:
             return []
         self.input_tokens = event.prompt_tokens
         self.output_tokens = event.completion_tokens
+        self.cached_tokens = event.cached_tokens or 0
         return []
 
     def _add_text(self, event: TextDelta) -> list[Event]:

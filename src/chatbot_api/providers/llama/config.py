@@ -29,6 +29,13 @@ class LlamaCppConfig(BaseModel):
     )
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     batch_size: int = Field(default=512, ge=32, description="Most tokens in one decode step.")
+    cache_prompt: bool = Field(
+        default=True,
+        description=(
+            "Keep a finished sequence's KV cache in its slot, so that a later prompt starting "
+            "the same way (the next turn of a conversation) prefills only what is new."
+        ),
+    )
     prompt_format: Literal["auto", "template", "transcript"] = Field(
         default="auto",
         description=(

@@ -5,7 +5,14 @@ thread builds one llama.cpp batch holding the next token of every decoding seque
 sequence id each) plus as much pending prompt as fits, decodes it once, and samples every
 sequence that produced logits with that sequence's own sampler chain, after its grammar (if
 any) has barred the tokens it does not allow. New sequences join between steps; finished and
-cancelled ones leave and free their KV cells. The events of a step are handed over together.
+cancelled ones leave. The events of a step are handed over together.
+
+Prefix reuse (``cache_prompt``, as llama.cpp's server calls it): a sequence that leaves keeps
+its KV cells in its slot while the slot is idle. A new sequence whose prompt continues what an
+idle slot holds (a conversation's next turn repeats the whole conversation so far) takes that
+slot and prefills only what is new; any other takes the least recently used slot, and the
+longest prefix any idle slot shares with it (a system prompt) is shared into it, cell for cell,
+rather than computed again. ``usage.prompt_tokens_details.cached_tokens`` reports what was reused.
 
 A failure that belongs to one sequence (its grammar, its sampling) fails that sequence alone;
 a failure of the loop itself fails every sequence and is reported to the process, which exits
@@ -19,6 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
@@ -46,6 +54,24 @@ _IDLE_WAIT_SECONDS = 0.05
 #: take well under a millisecond). A grammar slower than this misses the step, and holds
 #: back its own sequence only.
 _GRAMMAR_WAIT_SECONDS = 0.005
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One sequence id of the KV cache, and the tokens its cells hold, position by position."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    #: When a sequence last left it (a step count): the least recent is evicted first.
+    used: int = 0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def _shutting_down() -> ServerOverloadedError:
@@ -85,7 +111,12 @@ class Engine:
         params.n_seq_max = config.parallel
         params.n_threads = config.threads
         params.n_threads_batch = config.threads
+        # One pool of cells for every sequence: a prefix shared by several (a system prompt)
+        # is held once, its cells tagged with each sequence's id (``_take_slot``).
         params.kv_unified = True
+        # Sliding-window layers (Gemma 3's) otherwise keep only the last window of each
+        # sequence, and a kept prefix longer than that could not be extended.
+        params.swa_full = config.cache_prompt
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:  # pragma: no cover - memory llama.cpp cannot get: tens of seconds to see
@@ -99,7 +130,9 @@ class Engine:
         self._active: list[Sequence] = []
         #: Requests admitted but still being prepared (tokenised, grammar compiled).
         self._preparing = 0
-        self._free_ids = list(range(config.parallel - 1, -1, -1))
+        self._idle = [_Slot(seq_id) for seq_id in range(config.parallel)]
+        self._slots: dict[int, _Slot] = {}
+        self._clock = 0
         self._closing = False
         self._outbox: list[tuple[Sequence, SequenceEvent]] = []
         self._stats = (0, 0)
@@ -225,14 +258,51 @@ class Engine:
                 self._lock.wait()
             if self._closing:
                 return False
-            while self._waiting and self._free_ids:
+            while self._waiting and self._idle:
                 sequence = self._waiting.popleft()
                 if sequence.cancelled:
                     continue
-                sequence.seq_id = self._free_ids.pop()
+                self._take_slot(sequence)
                 sequence.sampler = build_sampler(self.n_vocab, sequence.sampling)
                 self._active.append(sequence)
             return True
+
+    def _take_slot(self, sequence: Sequence) -> None:
+        """Give ``sequence`` a slot, with the longest prefix of its prompt any idle slot holds.
+
+        A prompt that continues what an idle slot holds, or at least half of it (the next turn
+        of its conversation), takes that slot. Any other takes the least recently used slot,
+        and when another idle slot shares a longer prefix with it (a system prompt) that
+        prefix's cells are shared into it, not computed again: in the unified cache a cell
+        holds every sequence id that uses it. No slot's cells are lost
+        but the least recently used one's.
+        """
+        prompt = sequence.prompt
+        target = min(self._idle, key=lambda idle: idle.used)
+        keep = 0
+        if self.config.cache_prompt:
+            best, common = max(
+                ((idle, _common_prefix(idle.tokens, prompt)) for idle in self._idle),
+                key=lambda found: found[1],
+            )
+            # Continuing at least half of what it holds (a turn whose reply ended in a stop
+            # string leaves a few tokens behind): the conversation's own slot, trimmed.
+            if 2 * common >= len(best.tokens) > 0:
+                target = best
+            # The last prompt token is always decoded again: its logits give the first token.
+            keep = min(common, len(prompt) - 1)
+            if target is not best and keep > 0:
+                llama_cpp.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
+                llama_cpp.llama_memory_seq_cp(self._memory, best.seq_id, target.seq_id, 0, keep)
+                target.tokens[:] = best.tokens[:keep]
+        if keep <= 0 or not llama_cpp.llama_memory_seq_rm(self._memory, target.seq_id, keep, -1):
+            keep = 0
+            llama_cpp.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
+        del target.tokens[keep:]
+        self._idle.remove(target)
+        self._slots[target.seq_id] = target
+        sequence.seq_id = target.seq_id
+        sequence.prefilled = sequence.n_past = sequence.cached = keep
 
     def _step(self) -> None:
         for sequence in [s for s in self._active if s.cancelled]:
@@ -291,7 +361,7 @@ class Engine:
                 headers={"Retry-After": "1"},
             )
             for sequence in in_batch:
-                self._fail(sequence, error)
+                self._fail(sequence, error, forget=True)
             return
         for sequence, index in to_sample:
             try:
@@ -319,6 +389,7 @@ class Engine:
         batch.logits[i] = logits
         batch.n_tokens = i + 1
         sequence.n_past += 1
+        self._slots[sequence.seq_id].tokens.append(token)
 
     def _sample(self, sequence: Sequence, index: int) -> None:
         if sequence.constraint is not None:
@@ -374,17 +445,25 @@ class Engine:
             tail = emitted if stopped else emitted + sequence.matcher.flush()
             if tail:
                 self._emit(sequence, tail)
-        self._outbox.append((sequence, Done(reason, len(sequence.prompt), sequence.generated)))
+        done = Done(reason, len(sequence.prompt), sequence.generated, sequence.cached)
+        self._outbox.append((sequence, done))
         self._release(sequence)
 
-    def _fail(self, sequence: Sequence, error: ChatbotAPIError) -> None:
+    def _fail(self, sequence: Sequence, error: ChatbotAPIError, *, forget: bool = False) -> None:
         self._outbox.append((sequence, Failure(error)))
-        self._release(sequence)
+        self._release(sequence, forget=forget)
 
-    def _release(self, sequence: Sequence) -> None:
-        llama_cpp.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+    def _release(self, sequence: Sequence, *, forget: bool = False) -> None:
+        """Free the sequence's slot. Its cells stay for a later prompt to reuse, unless
+        ``forget`` (a failed decode may have left them half written) or reuse is off."""
+        slot = self._slots.pop(sequence.seq_id)
+        if forget or not self.config.cache_prompt:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.tokens.clear()
+        self._clock += 1
+        slot.used = self._clock
         llama_cpp.llama_sampler_free(sequence.sampler)
         sequence.sampler = None
         with self._lock:
             self._active.remove(sequence)
-            self._free_ids.append(sequence.seq_id)
+            self._idle.append(slot)

@@ -139,6 +139,7 @@ class Finished(msgspec.Struct, frozen=True, tag=True):
     reason: str
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
 
 class WireError(msgspec.Struct, frozen=True):

@@ -269,7 +269,7 @@ class LlamaCppProvider:
             if isinstance(answer, Finished):
                 reason: FinishReason = "length" if answer.reason == "length" else "stop"
                 yield Finish(reason)
-                yield Usage(answer.prompt_tokens, answer.completion_tokens)
+                yield Usage(answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens)
             else:
                 yield TextDelta(answer.text, logprobs=_logprobs(answer.logprobs))
 

@@ -35,6 +35,8 @@ class Done:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    #: Prompt tokens whose KV cells an earlier sequence left (not prefilled again).
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,8 @@ class Sequence:
     # Decode-thread state from here on.
     seq_id: int = -1
     prefilled: int = 0
+    #: Prompt tokens reused from the slot's cells rather than prefilled.
+    cached: int = 0
     n_past: int = 0
     generated: int = 0
     last_token: int = -1

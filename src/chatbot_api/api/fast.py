@@ -22,11 +22,10 @@ from typing import Any, get_type_hints
 
 from fastapi import Request, Response
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatbot_api.api.deps import authenticate, get_services
-from chatbot_api.api.error_handlers import error_response
+from chatbot_api.api.error_handlers import BodyReadError, error_response
 from chatbot_api.api.json_body import read_json
 from chatbot_api.errors import ChatbotAPIError
 from chatbot_api.security.auth import Principal
@@ -72,7 +71,6 @@ class FastRoutes:
             await self.app(scope, receive, send)
             return
         scope["route"] = route
-        request = Request(scope, receive, send)
         content_type = None
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -82,15 +80,15 @@ class FastRoutes:
             await self.app(scope, receive, send)
             return
         try:
-            body = await request.body()
-        except HTTPException as exc:  # the body's cap or deadline (HardeningMiddleware)
-            error = getattr(exc, "error", None)
-            assert isinstance(error, ChatbotAPIError)
-            await error_response(error)(scope, receive, send)
+            body = await _read_body(receive)
+        except BodyReadError as exc:  # the body's cap or deadline (HardeningMiddleware)
+            await error_response(exc.error)(scope, receive, send)
             return
-        except Exception:  # a client gone part-way through its body: FastAPI's 400
-            await self.app(scope, _replay(b"", receive), send)
+        if body is None:  # a client gone part-way through its body: FastAPI's 400, as it
+            await self.app(scope, receive, send)  # finds the disconnect again
             return
+        # The endpoint reads the body again (a relay forwards its bytes): from here, once.
+        request = Request(scope, _replay(body, receive), send)
         try:
             document = route.model.model_validate(read_json(body))
         except (ChatbotAPIError, ValueError):  # a ValidationError is a ValueError
@@ -103,6 +101,18 @@ class FastRoutes:
         except ChatbotAPIError as error:
             response = error_response(error)
         await response(scope, receive, send)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, or None when the client disconnected before it ended."""
+    pieces = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        pieces.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

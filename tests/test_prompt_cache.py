@@ -183,3 +183,71 @@ def test_two_conversations_keep_their_own_slots_and_a_third_evicts_the_older(
     assert _cached(b_third) == b_third.usage.prompt_tokens - 1
     # Only what it shares with another slot's prompt (the system message) is left for it.
     assert _cached(a_third) < a_third.usage.prompt_tokens - 1
+
+
+def _rules(count: int, question: str) -> list[ChatCompletionMessageParam]:
+    rules = " ".join(f"Rule {i}: be kind to animal number {i}." for i in range(count))
+    return [{"role": "user", "content": f"{rules} Question: {question}"}]
+
+
+def _next_token(
+    sdk: openai.OpenAI, model: str, messages: list[ChatCompletionMessageParam]
+) -> ChatCompletion:
+    return sdk.chat.completions.create(
+        model=model,
+        messages=messages,
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=5,
+        logit_bias=NO_END_OF_TURN,
+    )
+
+
+def test_a_prefix_whose_cells_went_to_another_conversation_is_not_reused(
+    sdk: openai.OpenAI,
+) -> None:
+    """Gemma 3's sliding-window layers look 512 tokens back, and llama.cpp hands the cells
+    of a kept sequence that no window reaches any more to other sequences. A later prompt
+    sharing that sequence's first 500-odd tokens must not be given the damaged prefix: it is
+    prefilled again, and predicts as a cold prefill does."""
+    _ask(sdk, "warm", [{"role": "user", "content": "What is two plus two?"}], 1)
+    long = _next_token(sdk, "warm", _rules(66, "what is rule 3?"))  # ~900 tokens, kept
+    assert long.usage is not None
+    assert long.usage.prompt_tokens > 800
+    # An unrelated prompt takes the other slot, and cells the long one no longer needs.
+    _ask(sdk, "warm", [{"role": "user", "content": "apple " * 250}], 1)
+
+    sharing = _rules(45, "what is rule 2?")  # its first ~540 tokens are the long one's
+    warm, cold = _next_token(sdk, "warm", sharing), _next_token(sdk, "cold", sharing)
+
+    assert _cached(warm) == 0
+    warm_top, cold_top = _first_token(warm), _first_token(cold)
+    assert len(warm_top.keys() & cold_top.keys()) >= 4
+    for token in warm_top.keys() & cold_top.keys():
+        assert warm_top[token] == pytest.approx(cold_top[token], abs=0.25)
+
+
+def test_a_shared_long_system_prompt_is_copied_not_taken_from_another_conversation(
+    sdk: openai.OpenAI,
+) -> None:
+    """Two conversations under one long system prompt: the second gets the prompt's cells
+    shared into a slot of its own, and the first keeps its whole turn for its next one."""
+    system = " ".join(f"Guideline {i}: answer politely and briefly." for i in range(60))
+
+    def conversation(question: str) -> list[ChatCompletionMessageParam]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+    a = conversation("Where do penguins live?")
+    first_a = _ask(sdk, "warm", a, 2)
+    b = _ask(sdk, "warm", conversation("What do owls eat?"), 2)
+    assert first_a.usage is not None
+    assert b.usage is not None
+    assert _cached(b) > b.usage.prompt_tokens // 2  # the system prompt, not computed again
+
+    a += [
+        {"role": "assistant", "content": first_a.choices[0].message.content or ""},
+        {"role": "user", "content": "And how cold is it there?"},
+    ]
+    # All of its first turn but the few tokens its end re-tokenises to ("Assistant:" then a
+    # reply): had b trimmed a's slot to the system prompt, its question would be gone too.
+    assert _cached(_ask(sdk, "warm", a, 2)) > first_a.usage.prompt_tokens - 10

@@ -32,6 +32,7 @@ __all__ = [
     "error_response",
     "install_exception_handlers",
     "param_from_location",
+    "refusal_response",
     "validation_error",
 ]
 
@@ -53,6 +54,12 @@ def error_response(error: ChatbotAPIError) -> JSONResponse:
         status_code=error.status_code,
         headers=error.headers or None,
     )
+
+
+def refusal_response(error: ChatbotAPIError) -> JSONResponse:
+    """The answer to a request refused for what it sent (its body, its shape), logged."""
+    logger.info("request rejected: %s", error.message, extra={"param": error.param})
+    return error_response(error)
 
 
 def param_from_location(loc: Sequence[int | str]) -> str | None:
@@ -131,18 +138,15 @@ async def _handle_api_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _handle_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    error = validation_error(exc.errors())
-    logger.info("request rejected: %s", error.message, extra={"param": error.param})
-    return error_response(error)
+    return refusal_response(validation_error(exc.errors()))
 
 
 async def _handle_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error: ChatbotAPIError
     if isinstance(exc, BodyReadError):
-        error = exc.error
-        logger.info("request rejected: %s", error.message, extra={"param": error.param})
-    elif exc.status_code == 404:
+        return refusal_response(exc.error)
+    if exc.status_code == 404:
         error = NotFoundError(
             f"Invalid URL ({request.method} {request.url.path})", code="unknown_url"
         )

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatbot_api.api.deps import authenticate, get_services
-from chatbot_api.api.error_handlers import BodyReadError, error_response
+from chatbot_api.api.error_handlers import BodyReadError, error_response, refusal_response
 from chatbot_api.api.json_body import read_json
 from chatbot_api.errors import ChatbotAPIError
 from chatbot_api.security.auth import Principal
@@ -82,22 +82,33 @@ class FastRoutes:
         try:
             body = await _read_body(receive)
         except BodyReadError as exc:  # the body's cap or deadline (HardeningMiddleware)
-            await error_response(exc.error)(scope, receive, send)
+            await refusal_response(exc.error)(scope, receive, send)
             return
         if body is None:  # a client gone part-way through its body: FastAPI's 400, as it
             await self.app(scope, receive, send)  # finds the disconnect again
             return
         # The endpoint reads the body again (a relay forwards its bytes): from here, once.
         request = Request(scope, _replay(body, receive), send)
+        # In FastAPI's order: the JSON is read, then the caller authenticated, then the body
+        # validated, so that a caller without a key costs no validation.
         try:
-            document = route.model.model_validate(read_json(body))
-        except (ChatbotAPIError, ValueError):  # a ValidationError is a ValueError
+            document = read_json(body)
+        except (ChatbotAPIError, ValueError):
             await self.app(scope, _replay(body, receive), send)
             return
         try:
             services = await get_services(request)
             principal = await authenticate(request, services)
-            response = await route.endpoint(document, request, services, principal)
+        except ChatbotAPIError as error:
+            await error_response(error)(scope, receive, send)
+            return
+        try:
+            validated = route.model.model_validate(document)
+        except ValueError:  # a ValidationError: FastAPI's answer, from the body already read
+            await self.app(scope, _replay(body, receive), send)
+            return
+        try:
+            response = await route.endpoint(validated, request, services, principal)
         except ChatbotAPIError as error:
             response = error_response(error)
         await response(scope, receive, send)

@@ -74,6 +74,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+#: Tokens a slot may hold past the prompt that continues it and still be taken by it: what a
+#: reply generated but its client did not send back (a stop string, a last token re-split).
+_TAIL = 32
+
+
 def _shutting_down() -> ServerOverloadedError:
     return ServerOverloadedError("The model is shutting down.", headers={"Retry-After": "1"})
 
@@ -102,6 +107,7 @@ class Engine:
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load the model file {path}")
         self.vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_swa = llama_cpp.llama_model_n_swa(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
 
         params = llama_cpp.llama_context_default_params()
@@ -270,12 +276,12 @@ class Engine:
     def _take_slot(self, sequence: Sequence) -> None:
         """Give ``sequence`` a slot, with the longest prefix of its prompt any idle slot holds.
 
-        A prompt that continues what an idle slot holds, or at least half of it (the next turn
-        of its conversation), takes that slot. Any other takes the least recently used slot,
-        and when another idle slot shares a longer prefix with it (a system prompt) that
-        prefix's cells are shared into it, not computed again: in the unified cache a cell
-        holds every sequence id that uses it. No slot's cells are lost
-        but the least recently used one's.
+        A prompt that continues what an idle slot holds (the next turn of its conversation;
+        a reply that ended in a stop string leaves up to :data:`_TAIL` tokens behind) takes
+        that slot. Any other takes the least recently used slot, and when another idle slot
+        shares a prefix with it (a system prompt, the same prompt again) that prefix's cells
+        are shared into it, not computed again: in the unified cache a cell holds every
+        sequence id that uses it. No slot's cells are lost but the least recently used one's.
         """
         prompt = sequence.prompt
         target = min(self._idle, key=lambda idle: idle.used)
@@ -285,13 +291,13 @@ class Engine:
                 ((idle, _common_prefix(idle.tokens, prompt)) for idle in self._idle),
                 key=lambda found: found[1],
             )
-            # Continuing at least half of what it holds (a turn whose reply ended in a stop
-            # string leaves a few tokens behind): the conversation's own slot, trimmed.
-            if 2 * common >= len(best.tokens) > 0:
+            if common and common >= len(best.tokens) - _TAIL:
                 target = best
             # The last prompt token is always decoded again: its logits give the first token.
             keep = min(common, len(prompt) - 1)
-            if target is not best and keep > 0:
+            if not self._intact(best, keep):
+                keep = 0
+            elif target is not best and keep > 0:
                 llama_cpp.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
                 llama_cpp.llama_memory_seq_cp(self._memory, best.seq_id, target.seq_id, 0, keep)
                 target.tokens[:] = best.tokens[:keep]
@@ -303,6 +309,14 @@ class Engine:
         self._slots[target.seq_id] = target
         sequence.seq_id = target.seq_id
         sequence.prefilled = sequence.n_past = sequence.cached = keep
+
+    def _intact(self, slot: _Slot, keep: int) -> bool:
+        """Whether the cells the first ``keep`` tokens need are still there. A sliding-window
+        layer (Gemma 3's) only looks ``n_swa`` tokens back, and llama.cpp gives cells that no
+        window of their sequence reaches any more to other sequences: a kept prefix is only
+        whole if its sequence still holds every position its last window needs."""
+        lowest = int(llama_cpp.llama_memory_seq_pos_min(self._memory, slot.seq_id))
+        return 0 <= lowest <= max(0, keep - int(self._n_swa))
 
     def _step(self) -> None:
         for sequence in [s for s in self._active if s.cancelled]:

@@ -36,7 +36,12 @@ from chatbot_api.errors import ChatbotAPIError, ServerOverloadedError, as_api_er
 from chatbot_api.providers.base import FinishReason
 from chatbot_api.providers.llama.config import LlamaCppConfig
 from chatbot_api.providers.llama.native_log import route_native_logs
-from chatbot_api.providers.llama.sampling import build_sampler, token_logprob, token_piece
+from chatbot_api.providers.llama.sampling import (
+    Penalties,
+    build_sampler,
+    token_logprob,
+    token_piece,
+)
 from chatbot_api.providers.llama.sequence import Done, Emission, Failure, Sequence, SequenceEvent
 
 __all__ = ["Engine", "EventSink"]
@@ -270,6 +275,7 @@ class Engine:
                     continue
                 self._take_slot(sequence)
                 sequence.sampler = build_sampler(self.n_vocab, sequence.sampling)
+                sequence.penalties = Penalties.of(sequence.sampling)
                 self._active.append(sequence)
             return True
 
@@ -406,12 +412,19 @@ class Engine:
         self._slots[sequence.seq_id].tokens.append(token)
 
     def _sample(self, sequence: Sequence, index: int) -> None:
-        if sequence.constraint is not None:
+        penalties = sequence.penalties
+        if sequence.constraint is not None or penalties is not None:
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,)
             )
-            sequence.constraint.apply(logits)
+            if sequence.constraint is not None:
+                sequence.constraint.apply(logits)
+            if penalties is not None:
+                penalties.apply(logits)
         token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, index)
+        if penalties is not None:
+            penalties.restore(logits)
+            penalties.accept(token)
         sequence.generated += 1
         if sequence.logprobs:
             sequence.held_logprobs.append(

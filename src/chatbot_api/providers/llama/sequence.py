@@ -20,6 +20,7 @@ from chatbot_api.providers.stop import StopMatcher
 if TYPE_CHECKING:
     from chatbot_api.providers.llama.grammar import Constraint
     from chatbot_api.providers.llama.protocol import Sampling
+    from chatbot_api.providers.llama.sampling import Penalties
 
 __all__ = ["Done", "Emission", "Failure", "Sequence", "SequenceEvent"]
 
@@ -75,6 +76,8 @@ class Sequence:
     generated: int = 0
     last_token: int = -1
     sampler: object = None
+    #: The repeat, frequency and presence penalties, applied outside the chain.
+    penalties: Penalties | None = None
     #: The grammar taking the last sampled token and preparing its next mask, in a worker.
     stepping: Future[None] | None = None
     matcher: StopMatcher = field(init=False)

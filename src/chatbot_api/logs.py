@@ -39,10 +39,24 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class _JsonOnce(MsgspecFormatter):
+    """JSON lines with msgspec's encoder (half the stdlib encoder's time per line, on the line
+    every request writes: the access log), made once per record however many handlers write
+    it (standard error and the log file share this formatter)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        made: str | None = record.__dict__.get(_FORMATTED)
+        if made is None:
+            made = super().format(record)
+            record.__dict__[_FORMATTED] = made
+        return made
+
+
+_FORMATTED = "_chatbot_api_json"
+
+
 def _json_formatter() -> MsgspecFormatter:
-    # msgspec's encoder: a third of the stdlib encoder's time per line, on the line every
-    # request writes (the access log).
-    return MsgspecFormatter(_JSON_FORMAT, rename_fields=_RENAMES, timestamp=False)
+    return _JsonOnce(_JSON_FORMAT, rename_fields=_RENAMES, timestamp=False)
 
 
 class _Handoff(logging.handlers.QueueHandler):
@@ -99,13 +113,14 @@ def configure_logging(settings: Settings) -> None:
     logging.logMultiprocessing = False
 
     handlers: list[logging.Handler] = []
+    json_lines = _json_formatter()
     if settings.log_format == "console":
         handlers.append(
             RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=False)
         )
     else:
         stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(_json_formatter())
+        stream.setFormatter(json_lines)
         handlers.append(stream)
     if settings.log_file is not None:
         settings.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +130,7 @@ def configure_logging(settings: Settings) -> None:
             backupCount=settings.log_backup_count,
             encoding="utf-8",
         )
-        rotating.setFormatter(_json_formatter())
+        rotating.setFormatter(json_lines)
         handlers.append(rotating)
 
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()

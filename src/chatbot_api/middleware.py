@@ -6,10 +6,12 @@ chunk by chunk, never buffered.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +40,18 @@ def _incoming_request_id(scope: Scope) -> str:
             break
     # Not a secret, only unique: 128 random bits without uuid4's system call per request.
     return f"req_{random.getrandbits(128):032x}"
+
+
+@functools.cache
+def _counted(template: str, method: str, model: str, status: int) -> Any:
+    """The request counter's child for these labels: looked up once (``labels()`` takes a
+    lock and checks its arguments on every call), as many as the metric has series."""
+    return metrics.REQUESTS.labels(template, method, model, status)
+
+
+@functools.cache
+def _timed(template: str, method: str) -> Any:
+    return metrics.REQUEST_SECONDS.labels(template, method)
 
 
 class RequestContextMiddleware:
@@ -91,8 +105,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            metrics.REQUESTS.labels(template, scope["method"], context.model or "", status).inc()
-            metrics.REQUEST_SECONDS.labels(template, scope["method"]).observe(elapsed)
+            _counted(template, scope["method"], context.model or "", status).inc()
+            _timed(template, scope["method"]).observe(elapsed)
             logger.info(
                 "%s %s %s",
                 scope["method"],

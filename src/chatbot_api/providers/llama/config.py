@@ -11,6 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationInfo, fie
 __all__ = ["LlamaCppConfig"]
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on: ``os.cpu_count()`` counts the host's, and a container
+    limited to two of sixty-four would run sixty-four threads on two cores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not on Linux (macOS has no affinity call)
+        return os.cpu_count() or 1
+
+
 class LlamaCppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -27,7 +36,14 @@ class LlamaCppConfig(BaseModel):
     queue_size: int = Field(
         default=32, ge=0, description="Requests that may wait for a free sequence; then 503."
     )
-    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    threads: int = Field(
+        default_factory=_usable_cpus,
+        ge=1,
+        description=(
+            "llama.cpp threads; by default one per CPU this process may run on (a container's "
+            "cpuset or `taskset` counts, not the host's cores)."
+        ),
+    )
     batch_size: int = Field(default=512, ge=32, description="Most tokens in one decode step.")
     cache_prompt: bool = Field(
         default=True,

@@ -82,6 +82,21 @@ def _first_token(completion: ChatCompletion) -> dict[str, float]:
     return {choice.token: choice.logprob for choice in content[0].top_logprobs}
 
 
+def _next_token(
+    sdk: openai.OpenAI, model: str, messages: list[ChatCompletionMessageParam]
+) -> ChatCompletion:
+    """A few tokens with the five likeliest at each: a first token of white space alone is held
+    back (a transcript's reply starts after "Assistant:") and comes with the first text."""
+    return sdk.chat.completions.create(
+        model=model,
+        messages=messages,
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=5,
+        logit_bias=NO_END_OF_TURN,
+    )
+
+
 @pytest.mark.parametrize("topic", ["rivers", "the first railways", "volcanoes", "old maps"])
 def test_a_next_turn_reuses_the_conversation_and_predicts_as_a_cold_prefill(
     sdk: openai.OpenAI, topic: str
@@ -102,19 +117,7 @@ def test_a_next_turn_reuses_the_conversation_and_predicts_as_a_cold_prefill(
         {"role": "user", "content": "And what happened there a hundred years ago?"},
     ]
 
-    warm, cold = (
-        sdk.chat.completions.create(
-            model=model,
-            messages=history,
-            # A few: a first token of white space alone is held back (a transcript's reply
-            # starts after "Assistant:"), and comes with the first text.
-            max_tokens=4,
-            logprobs=True,
-            top_logprobs=5,
-            logit_bias=NO_END_OF_TURN,
-        )
-        for model in ("warm", "cold")
-    )
+    warm, cold = _next_token(sdk, "warm", history), _next_token(sdk, "cold", history)
 
     # Everything the first turn's prompt held is reused; only the new turn is prefilled.
     assert warm.usage is not None
@@ -188,19 +191,6 @@ def test_two_conversations_keep_their_own_slots_and_a_third_evicts_the_older(
 def _rules(count: int, question: str) -> list[ChatCompletionMessageParam]:
     rules = " ".join(f"Rule {i}: be kind to animal number {i}." for i in range(count))
     return [{"role": "user", "content": f"{rules} Question: {question}"}]
-
-
-def _next_token(
-    sdk: openai.OpenAI, model: str, messages: list[ChatCompletionMessageParam]
-) -> ChatCompletion:
-    return sdk.chat.completions.create(
-        model=model,
-        messages=messages,
-        max_tokens=4,
-        logprobs=True,
-        top_logprobs=5,
-        logit_bias=NO_END_OF_TURN,
-    )
 
 
 def test_a_prefix_whose_cells_went_to_another_conversation_is_not_reused(

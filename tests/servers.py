@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,15 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def logged_messages(text: str) -> list[str]:
+    """The ``message`` of every JSON log line in ``text`` (other lines are skipped)."""
+    messages = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            messages.append(json.loads(line).get("message", ""))
+    return messages
 
 
 def clean_env(**extra: str) -> dict[str, str]:

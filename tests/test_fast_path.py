@@ -12,7 +12,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
+from chatbot_api.api.fast import FastRoutes
 from chatbot_api.app import create_app
 from tests.conftest import make_settings
 from tests.providers import TEST_PROVIDER_KINDS
@@ -94,3 +96,13 @@ def test_the_checks_come_in_fastapis_order(secured: LiveServer) -> None:
 
     assert malformed.status_code == 400
     assert invalid.status_code == 401
+
+
+def test_an_endpoint_of_another_shape_is_refused_when_the_app_is_built() -> None:
+    """FastRoutes calls its endpoints with exactly the four arguments FastAPI would pass."""
+
+    async def endpoint(body: object, request: object) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="must take"):
+        FastRoutes(Starlette(), routes={"/v1/odd": endpoint})  # type: ignore[dict-item]

@@ -385,3 +385,30 @@ def test_disconnect_cancels_the_sequence(start_server: ServerFactory, tmp_path: 
         cancelled = [r for r in map(json.loads, written) if r["message"] == "sequence cancelled"]
     assert cancelled, "the engine never dropped the sequence"
     assert cancelled[0]["completion_tokens"] < 100
+
+
+def test_a_frequency_penalty_keeps_a_long_reply_from_repeating_itself(sdk: openai.OpenAI) -> None:
+    """Greedy and 100 tokens long, past the 64-token window the penalties count over: left
+    alone the model loops on a few words; penalised by how often a token already came, it
+    uses many more different ones."""
+
+    def tokens(penalty: float) -> list[str]:
+        completion = sdk.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Write about the sea."}],
+            temperature=0,
+            max_tokens=100,
+            frequency_penalty=penalty,
+            logprobs=True,
+            # No end of text or turn (1, 106), no newline (107, 108): all 100 tokens come.
+            logit_bias={"1": -100, "106": -100, "107": -100, "108": -100},
+        )
+        assert completion.choices[0].logprobs is not None
+        content = completion.choices[0].logprobs.content
+        assert content is not None
+        return [entry.token for entry in content]
+
+    plain, penalised = tokens(0.0), tokens(1.5)
+
+    assert len(plain) == len(penalised) == 100
+    assert len(set(penalised)) > len(set(plain)) + 10

@@ -32,6 +32,8 @@ path = "{gguf}"
 parallel = 2
 context_size = 1024
 cache_prompt = false
+# No penalties either: they only change tokens after the first, which is all these tests read.
+repeat_penalty = 1.0
 """
 
 #: Gemma's end of text (1) and of turn (106): the first reply token is a word, with logprobs.

@@ -82,6 +82,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 #: Tokens a slot may hold past the prompt that continues it and still be taken by it: what a
 #: reply generated but its client did not send back (a stop string, a last token re-split).
 _TAIL = 32
+#: The shortest prefix kept or shared from another slot. Every prompt starts with a few tokens in
+#: common (the first token, a role marker); sharing those saves nothing, and a prompt computed
+#: in two pieces rounds differently from one computed whole (docs/benchmarks.md), so a short
+#: unrelated prompt is computed as it would be on a fresh server.
+_SHARED_AT_LEAST = 16
 
 
 def _shutting_down() -> ServerOverloadedError:
@@ -297,7 +302,9 @@ class Engine:
                 ((idle, _common_prefix(idle.tokens, prompt)) for idle in self._idle),
                 key=lambda found: found[1],
             )
-            if common and common >= len(best.tokens) - _TAIL:
+            if common < _SHARED_AT_LEAST:
+                common = 0  # a role marker or two: not worth a prompt computed in pieces
+            elif common >= len(best.tokens) - _TAIL:
                 target = best
             # The last prompt token is always decoded again: its logits give the first token.
             keep = min(common, len(prompt) - 1)

@@ -28,14 +28,21 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import Result, bench_env, create_key, free_port, lua, server, wrk
+from bench.harness import (
+    Result,
+    bench_env,
+    create_key,
+    free_port,
+    lua,
+    security_envs,
+    server,
+    wrk,
+)
 
 BODY = (
     '{"model": "echo", "messages": [{"role": "system", "content": "You are terse."}, '
     '{"role": "user", "content": "Hello there, how are you doing today?"}]}'
 )
-MASTER = "sk-bench-master-key-0123456789"
-BIG = "1000000000"
 #: (configuration, the least requests/s ratio to the floor at concurrency 64)
 TARGETS = {"keys off": 0.6, "keys on": 0.5}
 P99_TARGET = 3.0
@@ -54,20 +61,7 @@ def main() -> None:
     levels = [int(level) for level in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as servers:
-        common = {"bundled_model": "false", "log_file": f"{scratch}/api.log"}
-        off = bench_env(
-            **common,
-            auth="disabled",
-            auth_failures_per_minute="0",
-            database_url=f"sqlite+aiosqlite:///{scratch}/off.db",
-        )
-        on = bench_env(
-            **common,
-            master_key=MASTER,
-            database_url=f"sqlite+aiosqlite:///{scratch}/on.db",
-            rate_limit_rpm=BIG,
-            rate_limit_tpm=BIG,
-        )
+        off, on = security_envs(scratch, bundled_model="false", log_file=f"{scratch}/api.log")
         on["CHATBOT_LOG_FILE"] = f"{scratch}/api-on.log"
         key = create_key(on, "bench")
         urls: dict[str, str] = {}

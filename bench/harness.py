@@ -24,6 +24,7 @@ __all__ = [
     "llama_server",
     "lua",
     "pin",
+    "security_envs",
     "server",
     "server_process",
     "wrk",
@@ -60,6 +61,31 @@ def bench_env(**settings: str) -> dict[str, str]:
     env |= {"CHATBOT_RATE_LIMIT_RPM": "0", "CHATBOT_RATE_LIMIT_TPM": "0"}
     env |= {f"CHATBOT_{name.upper()}": value for name, value in settings.items()}
     return env
+
+
+#: The master key and the far-off limits of a server with security on.
+MASTER_KEY = "sk-bench-master-key-0123456789"
+_FAR_OFF = "1000000000"
+
+
+def security_envs(scratch: str, **common: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Two servers' environments, each with a database of its own in ``scratch``: ``off``
+    (authentication disabled, no limits, no failed-key throttle) and ``on`` (a master key,
+    requests and tokens counted per minute against limits no run reaches)."""
+    off = bench_env(
+        **common,
+        auth="disabled",
+        auth_failures_per_minute="0",
+        database_url=f"sqlite+aiosqlite:///{scratch}/off.db",
+    )
+    on = bench_env(
+        **common,
+        master_key=MASTER_KEY,
+        database_url=f"sqlite+aiosqlite:///{scratch}/on.db",
+        rate_limit_rpm=_FAR_OFF,
+        rate_limit_tpm=_FAR_OFF,
+    )
+    return off, on
 
 
 @dataclass(frozen=True)

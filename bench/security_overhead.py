@@ -24,14 +24,12 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import Result, bench_env, create_key, free_port, lua, server, wrk
+from bench.harness import Result, create_key, free_port, lua, security_envs, server, wrk
 
 BODY = (
     '{"model": "echo", "messages": [{"role": "system", "content": "You are terse."}, '
     '{"role": "user", "content": "Hello there, how are you doing today?"}]}'
 )
-MASTER = "sk-bench-master-key-0123456789"
-BIG = "1000000000"
 
 
 def _redis_answers(url: str) -> bool:
@@ -64,20 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as servers:
-        common = {"bundled_model": "false", "log_level": "WARNING"}
-        off_env = bench_env(
-            **common,
-            auth="disabled",
-            auth_failures_per_minute="0",
-            database_url=f"sqlite+aiosqlite:///{scratch}/off.db",
-        )
-        on_env = bench_env(
-            **common,
-            master_key=MASTER,
-            database_url=f"sqlite+aiosqlite:///{scratch}/on.db",
-            rate_limit_rpm=BIG,
-            rate_limit_tpm=BIG,
-        )
+        off_env, on_env = security_envs(scratch, bundled_model="false", log_level="WARNING")
         key = create_key(on_env, "bench")
         configurations = {"off": off_env, "on": on_env}
         if _redis_answers(args.redis):

@@ -39,6 +39,10 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+#: Where a record keeps its JSON line once made.
+_FORMATTED = "_chatbot_api_json"
+
+
 class _JsonOnce(MsgspecFormatter):
     """JSON lines with msgspec's encoder (two thirds of the stdlib encoder's time per line, on
     the line every request writes: the access log), made once per record however many
@@ -50,9 +54,6 @@ class _JsonOnce(MsgspecFormatter):
             made = super().format(record)
             record.__dict__[_FORMATTED] = made
         return made
-
-
-_FORMATTED = "_chatbot_api_json"
 
 
 def _json_formatter() -> MsgspecFormatter:

@@ -9,8 +9,10 @@ routes it is given itself when the request is the common one: a JSON body (or no
 ``Content-Type``) that reads and validates cleanly. It authenticates as the router's dependency
 does, calls the very endpoint function FastAPI would, and answers errors in the same envelope.
 
-Every other request (another content type, malformed JSON, an invalid body) goes on to FastAPI
-with the body it sent, so that its answer is exactly FastAPI's. The routes stay declared with
+Every other request (another content type, malformed JSON, a client gone mid-body) goes on
+to FastAPI with the body it sent, so that its answer is exactly FastAPI's; a body the strict
+reader or validation refuses is answered here as FastAPI's handlers answer it, without
+reading it twice. The routes stay declared with
 FastAPI as before, which is where the OpenAPI document comes from.
 """
 
@@ -21,11 +23,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, get_type_hints
 
 from fastapi import Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatbot_api.api.deps import authenticate, get_services
-from chatbot_api.api.error_handlers import BodyReadError, error_response, refusal_response
+from chatbot_api.api.error_handlers import (
+    BodyReadError,
+    error_response,
+    refusal_response,
+    validation_error,
+)
 from chatbot_api.api.json_body import read_json
 from chatbot_api.errors import ChatbotAPIError
 from chatbot_api.security.auth import Principal
@@ -93,7 +100,10 @@ class FastRoutes:
         # validated, so that a caller without a key costs no validation.
         try:
             document = read_json(body)
-        except (ChatbotAPIError, ValueError):
+        except ChatbotAPIError as error:  # the strict reader's refusal, as FastAPI answers it
+            await refusal_response(error)(scope, receive, send)
+            return
+        except ValueError:  # malformed JSON: FastAPI's answer, from the body already read
             await self.app(scope, _replay(body, receive), send)
             return
         try:
@@ -104,8 +114,9 @@ class FastRoutes:
             return
         try:
             validated = route.model.model_validate(document)
-        except ValueError:  # a ValidationError: FastAPI's answer, from the body already read
-            await self.app(scope, _replay(body, receive), send)
+        except ValidationError as exc:  # located in the body, as FastAPI locates it
+            errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            await refusal_response(validation_error(errors))(scope, receive, send)
             return
         try:
             response = await route.endpoint(validated, request, services, principal)

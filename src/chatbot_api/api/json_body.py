@@ -35,13 +35,7 @@ from fastapi.routing import APIRoute
 from chatbot_api.api.error_handlers import BodyReadError
 from chatbot_api.errors import ChatbotAPIError, InvalidRequestError
 
-__all__ = [
-    "MAX_JSON_DEPTH",
-    "MAX_JSON_VALUES",
-    "JSONBodyRequest",
-    "JSONBodyRoute",
-    "read_json",
-]
+__all__ = ["MAX_JSON_DEPTH", "MAX_JSON_VALUES", "JSONBodyRequest", "JSONBodyRoute", "read_json"]
 
 #: Most values (objects, arrays, strings, numbers, literals) one body may hold. A chat of 2,048
 #: messages with tool calls, and 128 tools, holds about half of this.

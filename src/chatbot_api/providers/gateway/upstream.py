@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx2
@@ -93,19 +94,13 @@ class Upstream:
 
     async def answer(self, payload: bytes) -> tuple[bytes, dict[str, Any]]:
         """The ``chat.completion`` the upstream answers ``payload`` with, read whole."""
-        try:
+        with _faults():
             async with asyncio.timeout(self._timeout):
                 response = await self._open(payload)
                 try:
                     body = await response.aread()
                 finally:
                     await response.aclose()
-        except TimeoutError:
-            raise _timed_out() from None
-        except DeploymentError:
-            raise
-        except Exception as exc:
-            raise failure_of(exc) from None
         document = _completion(body, "choices")
         if document is None:
             logger.warning("the upstream did not answer with a chat completion")
@@ -116,7 +111,7 @@ class Upstream:
         """The ``data`` payloads of the upstream's event stream, up to its ``[DONE]``. A stream
         that ends without a chunk, or holds something else, fails with ``bad_answer``."""
         received = False
-        try:
+        with _faults(dropped=lambda: received):
             async with asyncio.timeout(self._timeout):
                 response = await self._open(payload)
             try:
@@ -136,12 +131,6 @@ class Upstream:
                     yield data, document
             finally:
                 await response.aclose()
-        except TimeoutError:
-            raise _timed_out() from None
-        except DeploymentError:
-            raise
-        except Exception as exc:
-            raise failure_of(exc, dropped=received) from None
         if not received:
             logger.warning("the upstream did not answer with a chat completion stream")
             raise DeploymentError(UpstreamError(None, answered=True), "bad_answer")
@@ -178,6 +167,20 @@ async def _data(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 yield line[5:].strip()
     if pending.startswith(b"data:"):
         yield pending[5:].strip()
+
+
+@contextmanager
+def _faults(*, dropped: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Every way a call to the upstream can fail, as the :class:`DeploymentError` it is
+    (``dropped()``: whether the answer had begun to reach the client)."""
+    try:
+        yield
+    except TimeoutError:
+        raise _timed_out() from None
+    except DeploymentError:
+        raise
+    except Exception as exc:
+        raise failure_of(exc, dropped=dropped()) from None
 
 
 def _timed_out() -> DeploymentError:

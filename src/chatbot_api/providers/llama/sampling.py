@@ -43,8 +43,8 @@ class Penalties:
 
     @classmethod
     def of(cls, params: Sampling) -> Penalties | None:
-        active = params.repeat_penalty != 1.0 or params.presence_penalty
-        return cls(params) if active or params.frequency_penalty else None
+        active = params.repeat_penalty != 1.0 or params.presence_penalty != 0
+        return cls(params) if active or params.frequency_penalty != 0 else None
 
     def apply(self, logits: np.ndarray[Any, Any]) -> None:
         """Penalise the logits of the tokens in the window. The chain adds a token's logit

@@ -69,3 +69,8 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ValidationError, match="log_format"):
         Settings(_env_file=None)
+
+
+def test_the_example_file_loads_as_it_is() -> None:
+    """Copied to .env unchanged, it gives the defaults."""
+    assert Settings(_env_file=EXAMPLE) == Settings(_env_file=None)

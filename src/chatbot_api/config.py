@@ -21,6 +21,9 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # `CHATBOT_LOG_FILE=` (as .env.example writes what has no default) means unset, not
+        # an empty value: not a log file named ".", not an empty master key.
+        env_ignore_empty=True,
     )
 
     host: str = Field(default="127.0.0.1", description="Address `serve` binds to.")
@@ -105,8 +108,12 @@ class Settings(BaseSettings):
     )
 
     log_level: LogLevel = "INFO"
-    log_format: Literal["json", "console"] = Field(
-        default="json", description="`json` for machines, `console` for a person at a terminal."
+    log_format: Literal["json", "console"] | None = Field(
+        default=None,
+        description=(
+            "`json` for machines, `console` for a person at a terminal; unset, `console` when "
+            "standard error is a terminal and `json` otherwise."
+        ),
     )
     log_file: Path | None = Field(
         default=None, description="Also write JSON logs to this file, rotated by size."
@@ -116,6 +123,10 @@ class Settings(BaseSettings):
 
     models_file: Path | None = Field(
         default=None, description="TOML file declaring models; merged over the built-ins."
+    )
+    playground: bool = Field(
+        default=True,
+        description="Serve the chat playground (a page in the browser) at `/` and `/playground`.",
     )
     bundled_model: bool = Field(
         default=True,

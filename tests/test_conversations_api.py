@@ -626,3 +626,39 @@ def test_an_item_referenced_again_is_listed_on_every_page(client: openai.OpenAI)
         paged = client.conversations.items.list(conversation.id, limit=1, order=order)
         expected = whole if order == "asc" else whole[::-1]
         assert [_text(item) for item in paged] == expected, order
+
+
+def test_a_key_lists_its_own_conversations_in_pages(
+    conversations_server: LiveServer, http: httpx.Client, sdk: SdkFactory, key: str
+) -> None:
+    """Our extension: ``GET /v1/conversations``, what the playground's sidebar reads."""
+    mine = sdk(conversations_server, key)
+    made = [mine.conversations.create(metadata={"n": str(n)}).id for n in range(5)]
+    other = sdk(conversations_server, str(make_key(conversations_server)["key"]))
+    theirs = other.conversations.create(metadata={"n": "theirs"}).id
+
+    first = http.get("/v1/conversations", params={"limit": 2})
+    assert first.status_code == 200
+    page = first.json()
+    validate("ConversationResource", page["data"][0])
+    assert [c["id"] for c in page["data"]] == made[::-1][:2]  # newest first
+    assert (page["object"], page["has_more"]) == ("list", True)
+    assert (page["first_id"], page["last_id"]) == (made[4], made[3])
+    second = http.get("/v1/conversations", params={"limit": 10, "after": page["last_id"]}).json()
+    assert [c["id"] for c in second["data"]] == made[::-1][2:]
+    assert second["has_more"] is False
+
+    oldest = http.get("/v1/conversations", params={"order": "asc", "limit": 100}).json()
+    assert [c["id"] for c in oldest["data"]] == made
+    assert theirs not in [c["id"] for c in oldest["data"]]
+    # Another key's id as the cursor, or a NUL in it, reveals nothing and is no error.
+    for cursor in (theirs, "conv_\0x"):
+        empty = http.get("/v1/conversations", params={"after": cursor})
+        assert empty.status_code == 200
+        assert empty.json()["data"] == []
+    mine.conversations.delete(made[0])
+    left = http.get("/v1/conversations", params={"order": "asc"}).json()["data"]
+    assert [c["id"] for c in left] == made[1:]
+    bad = http.get("/v1/conversations", params={"limit": 0})
+    assert bad.status_code == 400
+    validate("ErrorResponse", bad.json())

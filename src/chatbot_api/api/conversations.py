@@ -13,6 +13,7 @@ from chatbot_api.api.json_body import JSONBodyRoute
 from chatbot_api.schemas.response_objects import (
     ConversationDeleted,
     ConversationItemList,
+    ConversationList,
     ConversationObject,
     CreateConversationRequest,
     CreateItemsRequest,
@@ -53,6 +54,31 @@ async def create_conversation(
         principal.owner, body.metadata or {}, body.items or []
     )
     return JSONResponse(created, headers=limits)
+
+
+@router.get(
+    "",
+    summary="List your conversations",
+    response_model=ConversationList,
+    responses=error_responses(400),
+)
+async def list_conversations(
+    services: ServicesDep,
+    principal: PrincipalDep,
+    limits: CountedDep,
+    after: After = None,
+    limit: Limit = 20,
+    order: Order = "desc",
+) -> JSONResponse:
+    """The calling key's conversations, paged, newest first unless `order=asc`.
+
+    Not in OpenAI's API, which cannot list conversations: an extension, so that a client
+    (the playground's sidebar) finds a key's conversations from any browser."""
+    page = await services.responses.conversations.list_owned(
+        principal.owner, after=after, limit=limit, order=order
+    )
+    wire: dict[str, Any] = page.to_wire()
+    return JSONResponse(wire, headers=limits)
 
 
 @router.get(

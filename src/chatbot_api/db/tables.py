@@ -108,6 +108,9 @@ class Conversation(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
 
+    # Listed by owner, newest first (``GET /v1/conversations``).
+    __table_args__ = (Index("ix_conversations_owner_seq", "owner", "seq"),)
+
 
 class ResponseItem(Base):
     """One item (a message, a function call or its output...), stored once: it belongs to

@@ -97,6 +97,17 @@ class ConversationObject(_Open):
     metadata: dict[str, str]
 
 
+class ConversationList(_Open):
+    """The caller's conversations, paged: an extension of ours (OpenAI's API has no list), so
+    that a client such as the playground can find its conversations again by key."""
+
+    object: Literal["list"] = "list"
+    data: list[ConversationObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 class ConversationDeleted(_Open):
     id: str
     object: Literal["conversation.deleted"] = "conversation.deleted"

@@ -250,6 +250,26 @@ class ConversationStore:
             "metadata": metadata,
         }
 
+    async def list_owned(self, owner: str, *, after: str | None, limit: int, order: Order) -> Page:
+        """The owner's conversations, newest first unless ``order="asc"``, after the one
+        with id ``after`` (an id not of theirs gives an empty page)."""
+        query = select(Conversation).where(Conversation.owner == owner)
+        async with reading(self._database) as connection:
+            if after is not None:
+                if not matchable(after):
+                    return Page([], has_more=False)
+                cursor = (
+                    select(Conversation.seq)
+                    .where(Conversation.id == after, Conversation.owner == owner)
+                    .scalar_subquery()
+                )
+                query = query.where(
+                    Conversation.seq > cursor if order == "asc" else Conversation.seq < cursor
+                )
+            ordering = Conversation.seq.asc() if order == "asc" else Conversation.seq.desc()
+            rows = (await connection.execute(query.order_by(ordering).limit(limit + 1))).all()
+        return Page([_wire(row) for row in rows[:limit]], has_more=len(rows) > limit)
+
     async def get(self, owner: str, conversation_id: str) -> dict[str, Any]:
         if not matchable(conversation_id):
             raise conversation_not_found(conversation_id, "conversation_id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -233,7 +234,17 @@ def test_cli_lists_and_revokes(
     assert "ops" in listing
     assert key not in listing
     key_id = next(word for word in listing.split() if word.startswith("key_"))
+    assert main(["keys", "list", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["id"] == key_id
+    assert (listed["name"], listed["models"], listed["rpm"]) == ("ops", ["echo"], 5)
+    assert listed["expires_at"] > listed["created"]
+    assert listed["revoked_at"] is None
+    assert key.startswith(listed["prefix"])
+    assert key != listed["prefix"]
     assert main(["keys", "revoke", key_id]) == 0
+    assert main(["keys", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["revoked_at"] is not None
     assert main(["keys", "revoke", "key_missing"]) == 1
     assert main(["keys", "create", "--name", "x", "--expires-in", "soon"]) == 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,13 @@ def test_models_lists_built_in_and_configured(
     assert "echo" in out
     assert "my-bot" in out
     assert "built-in" in out
+
+    assert main(["models", "--json"]) == 0
+    listed = {model["id"]: model for model in json.loads(capsys.readouterr().out)}
+    assert listed["my-bot"]["provider"] == "echo"
+    assert listed["my-bot"]["owned_by"] == "me"
+    assert listed["my-bot"]["source"] == str(models)
+    assert listed["echo"]["source"] == "built-in"
 
 
 def test_models_prepare_writes_the_bundled_model_for_an_image_build(
@@ -117,11 +125,20 @@ def test_serve_in_its_own_process_answers_and_stops_on_sigterm(
     engine_log = (tmp_path / "server.engine.gemma-3-270m.log").read_text()
     assert "engine ready" in logged_messages(engine_log)
     if workers == "1":
-        assert "chatbot_api" in log_file.read_text()
+        # One line says where everything is, with the port the command line chose.
+        base = server.base_url
+        assert _started(logged_messages(log_file.read_text())) == [
+            f"serving echo, gemma-3-270m · api {base}/v1 · docs {base}/docs · playground {base}/"
+        ]
     else:  # a file per process (the supervisor and each worker), never one file shared
         files = sorted(tmp_path.glob("server.[0-9]*.log"))
         assert len(files) == 3
-        serving = [f for f in files if "serving models" in logged_messages(f.read_text())]
+        serving = [f for f in files if _started(logged_messages(f.read_text()))]
         assert len(serving) == 2
         # Without Redis each worker counts limits on its own, and says so.
         assert "counted in each of the 2 workers separately" in serving[0].read_text()
+
+
+def _started(messages: list[str]) -> list[str]:
+    """The start-up lines among ``messages``: each names the models and the addresses."""
+    return [message for message in messages if message.startswith("serving ")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from chatbot_api.providers.llama.native_log import route_native_logs
+from chatbot_api.providers.llama.native_log import loading_quietly, route_native_logs
 
 # ggml_log_level as llama.cpp numbers it.
 INFO, WARN, ERROR, CONT = 2, 3, 4, 5
@@ -48,4 +48,24 @@ def test_native_lines_become_records_and_blank_ones_are_dropped(
         (logging.WARNING, "load: special tokens cache size = 6414"),  # continued, joined
         (logging.ERROR, "first line"),
         (logging.ERROR, "second line"),
+    ]
+
+
+def test_warnings_while_a_model_loads_are_debug_and_later_ones_are_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="chatbot_api.llama_cpp")
+    route_native_logs()
+    with loading_quietly():
+        _llama_log(WARN, b"load: control-looking token was not control-type\n")
+        _llama_log(ERROR, b"llama_model_load: error loading model\n")
+    _llama_log(WARN, b"decode: a warning while serving\n")
+
+    records = [
+        (r.levelno, r.getMessage()) for r in caplog.records if r.name == "chatbot_api.llama_cpp"
+    ]
+    assert records == [
+        (logging.DEBUG, "load: control-looking token was not control-type"),
+        (logging.ERROR, "llama_model_load: error loading model"),  # errors stay errors
+        (logging.WARNING, "decode: a warning while serving"),
     ]

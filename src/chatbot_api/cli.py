@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import signal
@@ -49,6 +50,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     )
 
     models = commands.add_parser("models", help="list the configured models")
+    models.add_argument("--json", action="store_true", help="JSON on standard output, for scripts")
     models.add_argument(
         "--prepare",
         action="store_true",
@@ -65,7 +67,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     create.add_argument("--rpm", type=int, help="requests per minute")
     create.add_argument("--tpm", type=int, help="tokens per minute")
     create.add_argument("--expires-in", help="lifetime, e.g. 12h, 30d (never)")
-    key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    listing = key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--json", action="store_true", help="JSON on standard output, for scripts")
     revoke = key_commands.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("id")
 
@@ -94,8 +97,11 @@ def _serve(settings: Settings) -> int:
         os.environ["CHATBOT_ENGINE_DIR"] = str(engine_dir)
     # Several workers keep their metrics in files that /metrics adds up (see metrics.py).
     metrics_dir = multiprocess_directory() if settings.workers > 1 else None
-    # Workers read their settings from the environment: tell them they are several.
+    # Workers read their settings from the environment: tell them they are several, and
+    # where they listen (the command line's --host and --port), to say so at start.
     os.environ["CHATBOT_WORKERS"] = str(settings.workers)
+    os.environ["CHATBOT_HOST"] = settings.host
+    os.environ["CHATBOT_PORT"] = str(settings.port)
     try:
         _run_uvicorn(settings)
     finally:
@@ -122,10 +128,18 @@ def _run_uvicorn(settings: Settings) -> None:
     )
 
 
-def _models(settings: Settings, *, prepare: bool = False) -> int:
+def _models(settings: Settings, *, prepare: bool = False, as_json: bool = False) -> int:
     if prepare and settings.bundled_model:
         print(prepare_bundled_model(settings.data_dir), file=sys.stderr)
     specs = load_model_specs(settings)
+    if as_json:
+        _print_json(
+            [
+                {"id": s.id, "provider": s.provider, "owned_by": s.owned_by, "source": s.source}
+                for s in specs.values()
+            ]
+        )
+        return 0
     table = Table(title="Configured models")
     for column in ("id", "provider", "owned_by", "source"):
         table.add_column(column)
@@ -169,6 +183,9 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         print(f"revoked {revoked.id} ({revoked.name})", file=sys.stderr)
         return 0
     records = asyncio.run(_with_database(settings, lambda db: KeyStore(db).list()))
+    if args.json:
+        _print_json([record.public() for record in records])
+        return 0
     table = Table(title="API keys")
     for column in ("id", "name", "prefix", "models", "rpm", "tpm", "expires", "revoked"):
         table.add_column(column)
@@ -217,6 +234,10 @@ def _db_upgrade(settings: Settings) -> int:
     return 0
 
 
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))
+
+
 def _console() -> Console:
     """A terminal's own width; piped or captured, wide enough that ids are never cut."""
     return Console() if sys.stdout.isatty() else Console(width=200)
@@ -241,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(settings, args)
         if args.command == "db":
             return _db_upgrade(settings)
-        return _models(settings, prepare=args.prepare)
+        return _models(settings, prepare=args.prepare, as_json=args.json)
     except (ModelsFileError, ValueError) as exc:
         print(f"chatbot-api: {exc}", file=sys.stderr)
         return 2

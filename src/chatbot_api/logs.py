@@ -22,7 +22,7 @@ from rich.logging import RichHandler
 from chatbot_api.config import Settings
 from chatbot_api.context import current_request
 
-__all__ = ["RequestIdFilter", "configure_logging", "reset_logging"]
+__all__ = ["RequestIdFilter", "configure_logging", "log_format_of", "reset_logging"]
 
 _JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _RENAMES = {"asctime": "timestamp", "levelname": "level", "name": "logger"}
@@ -72,6 +72,9 @@ class _Handoff(logging.handlers.QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record.msg = record.getMessage()
         record.args = None
+        # Uvicorn's copy of the message with terminal colour codes in it: JSON lines would
+        # carry it as a field, and the console handler colours on its own.
+        record.__dict__.pop("color_message", None)
         return record
 
     def close(self) -> None:
@@ -81,6 +84,23 @@ class _Handoff(logging.handlers.QueueHandler):
                 handler.close()
             self.listener = None
         super().close()
+
+
+#: Loggers whose INFO lines are set-up chatter (Alembic names its plugins and its dialect at
+#: every start): they are shown at DEBUG.
+_CHATTY = ("alembic",)
+
+
+class _QuietLibraries(logging.Filter):
+    """Demote the chatty libraries' INFO records to DEBUG, and drop them unless the root
+    logger shows DEBUG (their loggers inherit its level, so the records got this far)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.name.startswith(_CHATTY):
+            record.levelno = logging.DEBUG
+            record.levelname = "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
 
 
 def reset_logging() -> None:
@@ -102,6 +122,14 @@ def _log_file_of_this_process(settings: Settings) -> Path:
     return path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
 
 
+def log_format_of(settings: Settings) -> str:
+    """``console`` or ``json``: the setting, or unset, what standard error is (a person at a
+    terminal reads the console; a pipe, a file or a collector reads JSON)."""
+    if settings.log_format is not None:
+        return settings.log_format
+    return "console" if sys.stderr.isatty() else "json"
+
+
 def configure_logging(settings: Settings) -> None:
     """Install our handlers on the root logger; safe to call again with new settings."""
     reset_logging()
@@ -115,9 +143,14 @@ def configure_logging(settings: Settings) -> None:
 
     handlers: list[logging.Handler] = []
     json_lines = _json_formatter()
-    if settings.log_format == "console":
+    if log_format_of(settings) == "console":
         handlers.append(
-            RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=False)
+            RichHandler(
+                console=Console(stderr=True),
+                rich_tracebacks=True,
+                show_path=False,
+                log_time_format="[%X]",
+            )
         )
     else:
         stream = logging.StreamHandler(sys.stderr)
@@ -139,6 +172,7 @@ def configure_logging(settings: Settings) -> None:
     setattr(handoff, _OURS, True)
     # The request's id is read here, on the thread (and in the context) that logged.
     handoff.addFilter(RequestIdFilter())
+    handoff.addFilter(_QuietLibraries())
     handoff.listener = logging.handlers.QueueListener(records, *handlers)
     handoff.listener.start()
     root.addHandler(handoff)

@@ -35,7 +35,7 @@ import numpy as np
 from chatbot_api.errors import ChatbotAPIError, ServerOverloadedError, as_api_error
 from chatbot_api.providers.base import FinishReason
 from chatbot_api.providers.llama.config import LlamaCppConfig
-from chatbot_api.providers.llama.native_log import route_native_logs
+from chatbot_api.providers.llama.native_log import loading_quietly, route_native_logs
 from chatbot_api.providers.llama.sampling import (
     Penalties,
     build_sampler,
@@ -113,7 +113,8 @@ class Engine:
         self._on_stats = on_stats
         self._on_fatal = on_fatal
         model_params = llama_cpp.llama_model_default_params()
-        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        with loading_quietly():
+            self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load the model file {path}")
         self.vocab = llama_cpp.llama_model_get_vocab(self._model)
@@ -134,7 +135,8 @@ class Engine:
         # sequence, and a kept prefix longer than that could not be extended.
         params.swa_full = config.cache_prompt
         params.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(self._model, params)
+        with loading_quietly():
+            self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:  # pragma: no cover - memory llama.cpp cannot get: tens of seconds to see
             llama_cpp.llama_model_free(self._model)
             raise RuntimeError(f"llama.cpp could not create a context for {path}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chatbot_api.config import Settings
+from chatbot_api.logs import log_format_of
 from chatbot_api.providers.llama.bundled import prepare_bundled_model
 from chatbot_api.providers.llama.config import LlamaCppConfig
 from chatbot_api.providers.llama.supervisor import (
@@ -65,7 +66,7 @@ class EngineHost:
                     engine_socket(self.directory, spec.id),
                     EngineLogging(
                         level=settings.log_level,
-                        format=settings.log_format,
+                        format=log_format_of(settings),
                         file=engine_log_file(settings.log_file, spec.id),
                     ),
                 )

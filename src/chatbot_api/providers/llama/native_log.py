@@ -1,7 +1,9 @@
 """Route llama.cpp's own log lines into our logging instead of raw standard error.
 
 llama.cpp reports model loading at INFO in hundreds of lines; those become DEBUG records here,
-its warnings and errors stay warnings and errors, and all of them carry our JSON format.
+as do its warnings while a model loads (remarks on the file's tokens or the cache layout that
+nobody running the server can act on); other warnings and every error stay what they are, and
+all of them carry our format.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import llama_cpp
 
-__all__ = ["route_native_logs"]
+__all__ = ["loading_quietly", "route_native_logs"]
 
 logger = logging.getLogger("chatbot_api.llama_cpp")
 
@@ -25,11 +29,14 @@ _LEVELS = {
     4: logging.ERROR,
 }
 _state = threading.local()
+_loading = threading.Event()
 
 
 def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if level != 5:
         _state.level = _LEVELS.get(level, logging.DEBUG)
+        if _state.level == logging.WARNING and _loading.is_set():
+            _state.level = logging.DEBUG
     buffered = getattr(_state, "buffer", "") + text.decode("utf-8", errors="replace")
     *lines, rest = buffered.split("\n")
     _state.buffer = rest
@@ -46,3 +53,13 @@ _CALLBACK = llama_cpp.llama_log_callback(_on_log)
 def route_native_logs() -> None:
     """Make our callback llama.cpp's one global log sink (setting it again changes nothing)."""
     llama_cpp.llama_log_set(_CALLBACK, ctypes.c_void_p(0))
+
+
+@contextmanager
+def loading_quietly() -> Iterator[None]:
+    """While the block loads a model and makes its context, llama.cpp's warnings are DEBUG."""
+    _loading.set()
+    try:
+        yield
+    finally:
+        _loading.clear()

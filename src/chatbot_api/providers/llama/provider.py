@@ -24,6 +24,7 @@ from jinja2 import TemplateError
 
 from chatbot_api.config import Settings
 from chatbot_api.errors import EngineUnavailableError, InvalidRequestError
+from chatbot_api.logs import log_format_of
 from chatbot_api.providers.base import (
     Finish,
     FinishReason,
@@ -160,7 +161,7 @@ class LlamaCppProvider:
         )
         self._logs = EngineLogging(
             level=settings.log_level,
-            format=settings.log_format,
+            format=log_format_of(settings),
             file=engine_log_file(settings.log_file, model_id),
         )
         #: ``serve`` runs the engines for its workers; otherwise this provider runs its own,

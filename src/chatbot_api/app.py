@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -18,6 +19,7 @@ from chatbot_api.api import (
     health,
     metrics,
     models,
+    playground,
     responses,
     stored,
 )
@@ -71,6 +73,30 @@ client (the official SDKs, LangChain's `ChatOpenAI`, curl) at it unchanged.
 Errors always come in OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`
 with OpenAI's status codes. Every response carries an `X-Request-ID` header.
 """
+
+
+def _say_where(settings: Settings, model_ids: list[str]) -> None:
+    """The one start-up line a person needs: where everything is, and which models serve."""
+    host = settings.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a name
+        address = None
+    if address is not None and address.is_unspecified:
+        host = "localhost"  # every address: this machine's own is one of them
+    elif address is not None and address.version == 6:
+        host = f"[{host}]"
+    base = f"http://{host}:{settings.port}"
+    places = {"api": f"{base}/v1", "docs": f"{base}/docs"}
+    if settings.playground:
+        places["playground"] = f"{base}/"
+    # Each address stands alone between spaces, so that a terminal's link ends where it does.
+    logger.info(
+        "serving %s · %s",
+        ", ".join(model_ids) or "no models",
+        " · ".join(f"{name} {url}" for name, url in places.items()),
+        extra={"models": model_ids, **places},
+    )
 
 
 def settle_the_heap() -> None:
@@ -167,7 +193,7 @@ def create_app(
                 auth=auth,
                 limiter=limiter,
             )
-            logger.info("serving models", extra={"models": [spec.id for spec in registry]})
+            _say_where(settings, [spec.id for spec in registry])
             settle_the_heap()
             yield
             logger.info("shutting down")
@@ -195,6 +221,8 @@ def create_app(
     app.include_router(responses.router, dependencies=secured, responses=refusals)
     app.include_router(conversations.router, dependencies=secured, responses=refusals)
     app.include_router(admin.router, dependencies=secured, responses=refusals)
+    if settings.playground:
+        playground.install_playground(app)
     # Innermost of ours: the hot path, served past FastAPI's per-request machinery.
     app.add_middleware(FastRoutes, routes={"/v1/chat/completions": chat.create_chat_completion})
     if settings.cors_origins:

@@ -19,6 +19,7 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatbot_api.api.error_handlers import BodyReadError, error_response
+from chatbot_api.api.playground import PAGE_PATHS, STATIC_PREFIX
 from chatbot_api.errors import (
     RequestHeadersTooLargeError,
     RequestTimeoutError,
@@ -41,9 +42,19 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 MAX_HEADER_BYTES = 64 * 1024
 
 _CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+#: The playground's page: its own scripts, styles and API, nothing inline, nothing from
+#: elsewhere (an image in a reply's Markdown cannot call out with what the page holds).
+_PAGE_CSP = (
+    b"content-security-policy",
+    b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    b"img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+)
 _HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 _NO_STORE = (b"cache-control", b"no-store")
+_REVALIDATE = (b"cache-control", b"no-cache")
 _DOC_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+_PAGE_PATHS = frozenset(PAGE_PATHS)
+_PAGE_FILES = STATIC_PREFIX + "/"
 
 
 def _header_facts(scope: Scope) -> tuple[int, int | None]:
@@ -76,17 +87,23 @@ class HardeningMiddleware:
             return
 
         extra = list(SECURITY_HEADERS)
-        if scope["path"] not in _DOC_PATHS:
+        path = scope["path"]
+        if path in _PAGE_PATHS or path.startswith(_PAGE_FILES):
+            extra.append(_PAGE_CSP)
+        elif path not in _DOC_PATHS:
             extra.append(_CSP)
         if scope.get("scheme") == "https":
             extra.append(_HSTS)  # browsers ignore it over plain HTTP anyway
+
+        # The page's scripts and styles hold nothing private: kept, checked by ETag each time.
+        caching = _REVALIDATE if path.startswith(_PAGE_FILES) else _NO_STORE
 
         async def send_hardened(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 # ASGI header names are lower case.
                 if not any(name == b"cache-control" for name, _ in headers):
-                    headers.append(_NO_STORE)  # answers hold private data: keep them uncached
+                    headers.append(caching)  # answers hold private data: keep them uncached
                 message["headers"] = headers + extra
             await send(message)
 

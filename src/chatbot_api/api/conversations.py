@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
 from chatbot_api.api.deps import CountedDep, PrincipalDep, ServicesDep
 from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
+from chatbot_api.api.paging import After, Limit, Order
 from chatbot_api.schemas.response_objects import (
     ConversationDeleted,
     ConversationItemList,
@@ -32,9 +33,6 @@ router = APIRouter(
 
 ConversationId = Annotated[str, Path(description="The id of a conversation.")]
 ItemId = Annotated[str, Path(description="The id of an item of the conversation.")]
-After = Annotated[str | None, Query(description="The last id of the previous page.")]
-Limit = Annotated[int, Query(ge=1, le=100, description="How many to return (1 to 100).")]
-Order = Annotated[Literal["asc", "desc"], Query(description="Oldest (`asc`) or newest first.")]
 
 
 @router.post(

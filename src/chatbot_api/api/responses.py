@@ -4,7 +4,7 @@ list input items, count input tokens."""
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -19,6 +19,7 @@ from chatbot_api.api.deps import (
 )
 from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
+from chatbot_api.api.paging import After, Limit, Order
 from chatbot_api.errors import UnsupportedParameterError
 from chatbot_api.schemas.response_objects import (
     InputTokens,
@@ -33,9 +34,6 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
 
 ResponseId = Annotated[str, Path(description="The id of a stored response.")]
-After = Annotated[str | None, Query(description="The last id of the previous page.")]
-Limit = Annotated[int, Query(ge=1, le=100, description="How many to return (1 to 100).")]
-Order = Annotated[Literal["asc", "desc"], Query(description="Oldest (`asc`) or newest first.")]
 
 _STREAM_DOC = {
     "description": (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from chatbot_api.api.deps import PrincipalDep, ServicesDep
 from chatbot_api.api.error_docs import error_responses
 from chatbot_api.api.json_body import JSONBodyRoute
+from chatbot_api.api.paging import After, Limit, Order
 from chatbot_api.errors import InvalidRequestError
 from chatbot_api.schemas.stored import (
     ChatCompletionDeleted,
@@ -30,9 +31,6 @@ router = APIRouter(
 )
 
 CompletionId = Annotated[str, Path(description="The id of a completion created with `store`.")]
-After = Annotated[str | None, Query(description="The last id of the previous page.")]
-Limit = Annotated[int, Query(ge=1, le=100, description="How many to return (1 to 100).")]
-Order = Annotated[Literal["asc", "desc"], Query(description="Oldest (`asc`) or newest first.")]
 
 
 def _metadata_filter(request: Request) -> dict[str, str]:

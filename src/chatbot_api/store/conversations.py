@@ -20,7 +20,7 @@ from chatbot_api.db.engine import Database
 from chatbot_api.db.tables import Conversation, ResponseItem
 from chatbot_api.errors import NotFoundError
 from chatbot_api.ids import renamed
-from chatbot_api.store.access import Order, Page, matchable, reading, writing
+from chatbot_api.store.access import Order, Page, matchable, owned_page, reading, writing
 
 __all__ = [
     "ConversationStore",
@@ -251,24 +251,17 @@ class ConversationStore:
         }
 
     async def list_owned(self, owner: str, *, after: str | None, limit: int, order: Order) -> Page:
-        """The owner's conversations, newest first unless ``order="asc"``, after the one
-        with id ``after`` (an id not of theirs gives an empty page)."""
-        query = select(Conversation).where(Conversation.owner == owner)
-        async with reading(self._database) as connection:
-            if after is not None:
-                if not matchable(after):
-                    return Page([], has_more=False)
-                cursor = (
-                    select(Conversation.seq)
-                    .where(Conversation.id == after, Conversation.owner == owner)
-                    .scalar_subquery()
-                )
-                query = query.where(
-                    Conversation.seq > cursor if order == "asc" else Conversation.seq < cursor
-                )
-            ordering = Conversation.seq.asc() if order == "asc" else Conversation.seq.desc()
-            rows = (await connection.execute(query.order_by(ordering).limit(limit + 1))).all()
-        return Page([_wire(row) for row in rows[:limit]], has_more=len(rows) > limit)
+        """The owner's conversations, newest first unless ``order="asc"``."""
+        return await owned_page(
+            self._database,
+            Conversation,
+            owner,
+            key="id",
+            after=after,
+            limit=limit,
+            order=order,
+            wire=_wire,
+        )
 
     async def get(self, owner: str, conversation_id: str) -> dict[str, Any]:
         if not matchable(conversation_id):

@@ -44,7 +44,7 @@ async def _httpx2(url: str) -> float | None:
 
 async def _aiohttp(url: str) -> float | None:
     try:
-        import aiohttp  # type: ignore[import-not-found]  # LiteLLM's venv has it, ours not
+        import aiohttp  # LiteLLM's client (ours has it through livekit-api)
     except ImportError:
         return None
     async with aiohttp.ClientSession() as session:

@@ -110,6 +110,20 @@ _PLAIN_COMPLETION = {
 _WEB_PAGE = "<html><body><h1>Welcome to the hotel network</h1></body></html>"
 
 
+async def _text_stream(answer: str) -> AsyncIterator[str]:
+    yield _chunk({"role": "assistant", "content": ""})
+    for word in answer.split(" "):
+        yield _chunk({"content": f"{word} "})
+    yield _chunk({}, "stop")
+    yield "data: [DONE]\n\n"
+
+
+def _completion_of(answer: str) -> dict[str, Any]:
+    completion = json.loads(json.dumps(_PLAIN_COMPLETION))
+    completion["choices"][0]["message"]["content"] = answer
+    return dict(completion)
+
+
 async def _event_stream_regardless() -> AsyncIterator[str]:
     yield _chunk({"role": "assistant", "content": "streamed anyway"})
     yield _chunk({}, "stop")
@@ -158,6 +172,12 @@ async def _completions(request: Request) -> Response:
         return _error(500, "Upstream exploded.")
     if behaviour == "stall":  # past the 1 s timeout of the models that call it
         await asyncio.sleep(5)
+    if behaviour == "tools" and body["messages"][-1]["role"] == "tool":
+        # The round trip's second half: the tool's result comes back, the answer uses it.
+        answer = f"The weather in Paris: {body['messages'][-1]['content']}."
+        if body.get("stream"):
+            return StreamingResponse(_text_stream(answer), media_type="text/event-stream")
+        return JSONResponse(_completion_of(answer))
     if behaviour == "tools":
         if body.get("stream"):
             return StreamingResponse(_tool_call_stream(), media_type="text/event-stream")

@@ -22,6 +22,7 @@ from chatbot_api.api import (
     playground,
     responses,
     stored,
+    voice,
 )
 from chatbot_api.api.deps import authenticate
 from chatbot_api.api.error_docs import drop_validation_422, error_responses
@@ -44,10 +45,12 @@ from chatbot_api.security.rate_limit import RateLimiter
 from chatbot_api.services.background import BackgroundResponses
 from chatbot_api.services.chat import ChatService
 from chatbot_api.services.responses import ResponseService
+from chatbot_api.services.voice import VoiceService
 from chatbot_api.state import AppServices
 from chatbot_api.store.completions import CompletionStore
 from chatbot_api.store.conversations import ConversationStore
 from chatbot_api.store.responses import ResponseStore
+from chatbot_api.store.voice import VoiceSessionStore
 from chatbot_api.store.writer import UNSTORED_FILE_NAME, StoreWriter
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -180,6 +183,9 @@ def create_app(
             )
             background = BackgroundResponses(response_service, renew_seconds=lease / 5)
             resources.push_async_callback(background.close)
+            voice_service = VoiceService(settings, registry, VoiceSessionStore(database))
+            voice_service.open()
+            resources.push_async_callback(voice_service.aclose)
             app.state.services = AppServices(
                 settings=settings,
                 registry=registry,
@@ -192,6 +198,7 @@ def create_app(
                 keys=keys,
                 auth=auth,
                 limiter=limiter,
+                voice=voice_service,
             )
             _say_where(settings, [spec.id for spec in registry])
             settle_the_heap()
@@ -221,6 +228,8 @@ def create_app(
     app.include_router(responses.router, dependencies=secured, responses=refusals)
     app.include_router(conversations.router, dependencies=secured, responses=refusals)
     app.include_router(admin.router, dependencies=secured, responses=refusals)
+    app.include_router(voice.router, dependencies=secured, responses=refusals)
+    app.include_router(voice.webhooks)
     if settings.playground:
         playground.install_playground(app)
     # Innermost of ours: the hot path, served past FastAPI's per-request machinery.

@@ -124,6 +124,30 @@ class Settings(BaseSettings):
     models_file: Path | None = Field(
         default=None, description="TOML file declaring models; merged over the built-ins."
     )
+    livekit_url: str | None = Field(
+        default=None,
+        description=(
+            "The LiveKit server voice sessions use (`wss://...` or `https://...`); unset, the "
+            "voice routes answer 503."
+        ),
+    )
+    livekit_api_key: str | None = Field(default=None, description="LiveKit API key.")
+    livekit_api_secret: SecretStr | None = Field(
+        default=None, description="LiveKit API secret: signs participant tokens, checks webhooks."
+    )
+    livekit_agent_name: str | None = Field(
+        default=None,
+        description=(
+            "The LiveKit Agents worker a voice session's room dispatches (its `agent_name`); "
+            "unset, rooms rely on the worker's automatic dispatch."
+        ),
+    )
+    livekit_token_ttl: int = Field(
+        default=600, ge=10, le=86400, description="Seconds a voice participant token is valid."
+    )
+    livekit_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="How long a call to LiveKit's API may take."
+    )
     playground: bool = Field(
         default=True,
         description="Serve the chat playground (a page in the browser) at `/` and `/playground`.",

@@ -8,6 +8,7 @@
     ├── PermissionDeniedError               403   invalid_request_error (code permission_denied)
     ├── NotFoundError                       404   invalid_request_error
     │   └── ModelNotFoundError              404   invalid_request_error (code model_not_found)
+    ├── ConflictError                       409   invalid_request_error (code room_taken)
     ├── MethodNotAllowedError               405   invalid_request_error
     ├── RequestTimeoutError                 408   invalid_request_error (code request_timeout)
     ├── RequestTooLargeError                413   invalid_request_error (code request_too_large)
@@ -22,7 +23,9 @@
     ├── DeadlineExceededError               504   server_error (code deadline_exceeded)
     ├── ServerShuttingDownError             503   server_error (code server_shutting_down)
     ├── EngineUnavailableError              503   server_error (code engine_unavailable)
-    └── DatabaseUnavailableError            503   server_error (code database_unavailable)
+    ├── DatabaseUnavailableError            503   server_error (code database_unavailable)
+    ├── VoiceNotConfiguredError             503   server_error (code voice_not_configured)
+    └── VoiceServerError                    502   server_error (code voice_server_error)
 
 Services, providers and the model engine raise these; nothing here knows about HTTP
 frameworks, so the engine process raises them too. ``api.error_handlers`` turns them (and
@@ -42,6 +45,7 @@ __all__ = [
     "AuthenticationError",
     "ChatbotAPIError",
     "ClientClosedRequestError",
+    "ConflictError",
     "ContextLengthExceededError",
     "DatabaseUnavailableError",
     "DeadlineExceededError",
@@ -62,6 +66,8 @@ __all__ = [
     "UnsupportedParameterError",
     "UpstreamError",
     "UpstreamTimeoutError",
+    "VoiceNotConfiguredError",
+    "VoiceServerError",
     "as_api_error",
     "internal_error",
 ]
@@ -120,8 +126,10 @@ class AuthenticationError(ChatbotAPIError):
     error_type = "invalid_request_error"
     default_code = "invalid_api_key"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="chatbot-api"'})
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(
+            message, code=code, headers={"WWW-Authenticate": 'Bearer realm="chatbot-api"'}
+        )
 
 
 class PermissionDeniedError(ChatbotAPIError):
@@ -142,6 +150,13 @@ class ModelNotFoundError(NotFoundError):
         super().__init__(
             f"The model '{model}' does not exist or you do not have access to it.", param=param
         )
+
+
+class ConflictError(ChatbotAPIError):
+    """What the request names is someone else's (a voice room another key made)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
 
 
 class MethodNotAllowedError(ChatbotAPIError):
@@ -355,3 +370,29 @@ def as_api_error(exc: BaseException, request_id: str | None) -> ChatbotAPIError:
         return exc
     logger.error("unexpected failure", exc_info=exc, extra={"request_id": request_id})
     return internal_error(request_id)
+
+
+class VoiceNotConfiguredError(ChatbotAPIError):
+    """The voice routes need a LiveKit server; the rest of the API does not."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "voice_not_configured"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Voice sessions are not configured on this server: set CHATBOT_LIVEKIT_URL, "
+            "CHATBOT_LIVEKIT_API_KEY and CHATBOT_LIVEKIT_API_SECRET."
+        )
+
+
+class VoiceServerError(ChatbotAPIError):
+    """The LiveKit server did not answer, or refused. Its own message is logged, not sent:
+    it is about our credentials, not the caller's request."""
+
+    status_code = 502
+    error_type = "server_error"
+    default_code = "voice_server_error"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"The LiveKit server {what}. Please retry later.")

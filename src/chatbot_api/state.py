@@ -13,6 +13,7 @@ from chatbot_api.security.rate_limit import RateLimiter
 from chatbot_api.services.background import BackgroundResponses
 from chatbot_api.services.chat import ChatService
 from chatbot_api.services.responses import ResponseService
+from chatbot_api.services.voice import VoiceService
 from chatbot_api.store.completions import CompletionStore
 from chatbot_api.store.writer import StoreWriter
 
@@ -32,3 +33,4 @@ class AppServices:
     keys: KeyStore
     auth: Authenticator
     limiter: RateLimiter
+    voice: VoiceService

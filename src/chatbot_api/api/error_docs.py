@@ -29,6 +29,7 @@ _DESCRIPTIONS = {
         "The request headers or body did not arrive within `CHATBOT_BODY_TIMEOUT_SECONDS` "
         "(`request_timeout`); the connection is closed."
     ),
+    409: "The room belongs to another key's voice session (`room_taken`).",
     413: "The request body is larger than `CHATBOT_MAX_BODY_BYTES` (`request_too_large`).",
     429: (
         "Over the caller's requests or tokens per minute, or too many failed authentications "
@@ -37,12 +38,15 @@ _DESCRIPTIONS = {
     ),
     431: f"The request headers are over {MAX_HEADER_BYTES} bytes in all (`headers_too_large`).",
     500: "Unexpected failure; the message carries the request id.",
-    502: "The upstream model service failed (`upstream_error`).",
+    502: (
+        "The upstream model service failed (`upstream_error`), or the LiveKit server did not "
+        "answer or refused (`voice_server_error`)."
+    ),
     503: (
         "Cannot serve right now: no capacity (`server_overloaded`), a model's engine restarting "
-        "(`engine_unavailable`), the database not answering (`database_unavailable`) or a "
-        "stream cut short by a shutdown (`server_shutting_down`); `Retry-After` says when to "
-        "retry."
+        "(`engine_unavailable`), the database not answering (`database_unavailable`), a "
+        "stream cut short by a shutdown (`server_shutting_down`) or voice sessions without "
+        "LiveKit settings (`voice_not_configured`); `Retry-After` says when to retry."
     ),
     504: "The upstream model service did not answer in time (`upstream_timeout`).",
 }

@@ -136,3 +136,24 @@ class ResponseItem(Base):
         Index("ix_response_items_response_seq", "response_id", "seq"),
         Index("ix_response_items_conversation_seq", "conversation_id", "seq"),
     )
+
+
+class VoiceSession(Base):
+    """A voice session: the LiveKit room a key made, and what LiveKit's webhooks said of it."""
+
+    __tablename__ = "voice_sessions"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    room_name: Mapped[str] = mapped_column(String(128), unique=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger)
+    ended_at: Mapped[int | None] = mapped_column(BigInteger)
+    #: Identities that joined, in the order they did.
+    participants: Mapped[list[str]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+
+    __table_args__ = (Index("ix_voice_sessions_owner_seq", "owner", "seq"),)

@@ -26,7 +26,8 @@ def _twirp_error(status: int, code: str, message: str) -> JSONResponse:
 
 @dataclass
 class FakeLiveKit:
-    """``behaviour``: ``ok``, ``refuse`` (a Twirp 403), ``fail`` (a 500) or ``stall``."""
+    """``behaviour``: ``ok``, ``refuse`` (a Twirp 403), ``fail`` (a 500), ``junk`` (a web
+    page with status 200) or ``stall``."""
 
     behaviour: str = "ok"
     rooms: dict[str, livekit.CreateRoomRequest] = field(default_factory=dict)
@@ -53,6 +54,8 @@ class FakeLiveKit:
             return _twirp_error(403, "permission_denied", f"no permission for {LIVEKIT_KEY}")
         if self.behaviour == "fail":
             return _twirp_error(500, "internal", "the fake exploded")
+        if self.behaviour == "junk":  # a captive portal, a misrouted proxy
+            return Response(b"<html>Welcome to the hotel network</html>", media_type="text/html")
         if self.behaviour == "stall":
             await asyncio.sleep(5)  # past the 1 s the tests' servers wait
         body = await request.body()

@@ -32,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
 from chatbot_api.app import create_app
 from tests.clients import MASTER
 from tests.conftest import make_settings
+from tests.livekit_fake import LIVEKIT_KEY, LIVEKIT_SECRET, FakeLiveKit
 from tests.servers import LiveServer
 
 CHECKS = [
@@ -68,17 +69,22 @@ class Target:
 def target(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:
-    """A server of the mode's own, serving the built-in ``echo`` model."""
+    """A server of the mode's own, serving the built-in ``echo`` model, with voice sessions
+    on a fake LiveKit (a 503 for want of settings would be a server error to schemathesis)."""
     mode: str = request.param
     data_dir = tmp_path_factory.mktemp("schemathesis")
-    settings = make_settings(
-        master_key=None if mode == "open" else MASTER,
-        data_dir=data_dir,
-        database_url=f"sqlite+aiosqlite:///{data_dir / 'api.db'}",
-    )
-    with LiveServer(create_app(settings)) as server:
-        headers = {"Authorization": f"Bearer {MASTER}"} if mode == "master key" else {}
-        yield Target(server.base_url, headers)
+    with LiveServer(FakeLiveKit().app()) as livekit:
+        settings = make_settings(
+            master_key=None if mode == "open" else MASTER,
+            data_dir=data_dir,
+            database_url=f"sqlite+aiosqlite:///{data_dir / 'api.db'}",
+            livekit_url=livekit.base_url,
+            livekit_api_key=LIVEKIT_KEY,
+            livekit_api_secret=LIVEKIT_SECRET,
+        )
+        with LiveServer(create_app(settings)) as server:
+            headers = {"Authorization": f"Bearer {MASTER}"} if mode == "master key" else {}
+            yield Target(server.base_url, headers)
 
 
 def test_the_served_document_is_the_one_tested(target: Target) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,28 @@ def test_a_room_that_exists_is_joined_not_made_again(
         "ada",
         "bob",
     ]
-    assert json.loads(livekit_server.rooms["standup-7"].metadata)["metadata"] == {"team": "core"}
+    made = livekit_server.rooms["standup-7"]
+    # Every participant can read the room's metadata: it names the model, nothing private.
+    assert json.loads(made.metadata) == {"model": "echo"}
+    # The dispatch (the agent's job) carries the rest, the session's metadata included.
+    assert json.loads(made.agents[0].metadata)["metadata"] == {"team": "core"}
+    # The same room for another model is refused: its agent answers with the first.
+    other = http.post("/v1/voice/sessions", json={**body, "model": "echo-slow"})
+    assert _error(other, 400)["param"] == "model"
+    recorded = http.get("/v1/voice/sessions/standup-7").json()
+    assert (recorded["model"], recorded["metadata"]) == ("echo", {"team": "core"})
+
+
+def test_a_room_this_api_did_not_make_is_not_handed_out(
+    http: httpx.Client, livekit_server: FakeLiveKit
+) -> None:
+    """A LiveKit project may serve other applications: their rooms are not ours to join."""
+    livekit_server.rooms["other-app"] = livekit.CreateRoomRequest(name="other-app")
+    answer = http.post("/v1/voice/sessions", json={"model": "echo", "room_name": "other-app"})
+    assert _error(answer, 409)["code"] == "room_taken"
+    assert "other-app" not in [
+        s["room_name"] for s in http.get("/v1/voice/sessions").json()["data"]
+    ]
 
 
 def test_another_keys_room_is_refused(
@@ -186,7 +208,7 @@ def test_a_model_the_key_may_not_use_is_not_found_and_no_key_is_refused(
     server: LiveServer, livekit_server: FakeLiveKit
 ) -> None:
     with _client(server, str(make_key(server, models=["echo"])["key"])) as limited:
-        for model in ("slow", "no-such-model"):
+        for model in ("echo-slow", "no-such-model"):  # served but not allowed; not served
             answer = limited.post("/v1/voice/sessions", json={"model": model})
             assert _error(answer, 404)["code"] == "model_not_found"
     anonymous = httpx.post(f"{server.base_url}/v1/voice/sessions", json={"model": "echo"})
@@ -201,7 +223,10 @@ def test_a_model_the_key_may_not_use_is_not_found_and_no_key_is_refused(
         {"model": "echo", "room_name": "a room with spaces"},
         {"model": "echo", "room_name": "../admin"},
         {"model": "echo", "participant_identity": ""},
-        {"model": "echo", "instructions": "x" * 4001},
+        {"model": "echo", "instructions": "x" * 3999},  # 4,001 bytes with its quotes
+        {"model": "echo", "instructions": "\U0001f600" * 1000},  # 4,002 bytes of UTF-8
+        {"model": "echo", "instructions": "\u0001" * 700},  # 4,202 bytes of escapes
+        {"model": "echo", "room_name": ".."},
         {"model": "echo", "surprise": True},
         {"model": "echo", "metadata": {"k": 1}},
     ],
@@ -215,7 +240,12 @@ def test_a_bad_request_is_a_400(
 
 @pytest.mark.parametrize(
     ("behaviour", "said"),
-    [("refuse", "refused"), ("fail", "refused"), ("stall", "did not answer")],
+    [
+        ("refuse", "refused"),
+        ("fail", "refused"),
+        ("junk", "not LiveKit's"),
+        ("stall", "did not answer"),
+    ],
 )
 def test_a_livekit_server_that_refuses_or_does_not_answer_is_a_502(
     http: httpx.Client, livekit_server: FakeLiveKit, behaviour: str, said: str
@@ -321,6 +351,21 @@ def test_signed_webhooks_record_the_session_and_others_change_nothing(
     assert recorded["started_at"] == 1_800_000_000
     assert recorded["ended_at"] == 1_800_000_999
     assert recorded["participants"] == ["ada", "agent-1"]
+    # Late, repeated or out-of-order news changes nothing: a start older than the end, the
+    # same start again, an end before the start.
+    for late in (
+        event("room_started", 1_800_000_500),
+        event("room_started", 1_800_000_000),
+        event("room_finished", 1_700_000_000),
+    ):
+        body, signature = _webhook(late)
+        assert _send(server, body, signature).status_code == 200
+    assert http.get(f"/v1/voice/sessions/{room}").json() == recorded
+    # A room started again under its name, later, is a session running again.
+    body, signature = _webhook(event("room_started", 1_800_001_000))
+    _send(server, body, signature)
+    again = http.get(f"/v1/voice/sessions/{room}").json()
+    assert (again["started_at"], again["ended_at"]) == (1_800_001_000, None)
 
     # A room that is not ours is taken and ignored; a signed body that is no event is a 400.
     body, signature = _webhook(event("room_started", 1).__class__(event="room_started"))
@@ -329,6 +374,10 @@ def test_signed_webhooks_record_the_session_and_others_change_nothing(
     digest = base64.b64encode(hashlib.sha256(garbage).digest()).decode()
     signed = livekit.AccessToken(LIVEKIT_KEY, LIVEKIT_SECRET).with_sha256(digest).to_jwt()
     _error(_send(server, garbage, signed), 400)
+    latin1 = "caf\u00e9".encode("latin-1")  # not UTF-8: a 400, not a failed signature
+    digest = base64.b64encode(hashlib.sha256(latin1).digest()).decode()
+    signed = livekit.AccessToken(LIVEKIT_KEY, LIVEKIT_SECRET).with_sha256(digest).to_jwt()
+    _error(_send(server, latin1, signed), 400)
 
 
 def test_a_key_lists_its_own_sessions_in_pages(
@@ -352,3 +401,24 @@ def test_a_key_lists_its_own_sessions_in_pages(
     assert theirs not in [s["room_name"] for s in oldest]
     assert http.get("/v1/voice/sessions", params={"after": theirs}).json()["data"] == []
     _error(http.get("/v1/voice/sessions", params={"limit": 101}), 400)
+
+
+def test_joins_arriving_together_are_all_recorded(
+    server: LiveServer, http: httpx.Client, livekit_server: FakeLiveKit
+) -> None:
+    room = http.post("/v1/voice/sessions", json={"model": "echo"}).json()["room_name"]
+    identities = [f"caller-{n}" for n in range(20)]
+    signed = []
+    for identity in identities:
+        joined = livekit.WebhookEvent(
+            event="participant_joined", room=livekit.Room(name=room), created_at=1_800_000_000
+        )
+        joined.participant.identity = identity
+        signed.append(_webhook(joined))
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(lambda webhook: _send(server, *webhook), signed))
+
+    assert {answer.status_code for answer in answers} == {200}
+    recorded = http.get(f"/v1/voice/sessions/{room}").json()["participants"]
+    assert sorted(recorded) == sorted(identities)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from chatbot_api.api.deps import CountedDep, PrincipalDep, ServicesDep, client_address
 from chatbot_api.api.error_docs import error_responses
@@ -97,15 +98,32 @@ async def retrieve_voice_session(
     )
 
 
+class WebhookReceipt(BaseModel):
+    received: bool = True
+    recorded: bool = Field(description="Whether it was about a session of this server's.")
+
+
 @webhooks.post(
     "/webhooks",
     summary="Receive LiveKit's webhooks",
-    responses=error_responses(400, 401, 413),
+    response_model=WebhookReceipt,
+    responses=error_responses(400, 401, 408, 413, 429),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/webhook+json": {
+                    "schema": {"type": "object", "description": "LiveKit's WebhookEvent."}
+                }
+            },
+        }
+    },
 )
 async def receive_webhook(request: Request, services: ServicesDep) -> JSONResponse:
     """Point LiveKit's webhook at this URL. Each request must carry LiveKit's signed token
     in `Authorization` (a missing or wrong one is a 401 and changes nothing);
-    `room_started`, `participant_joined` and `room_finished` update the session's record."""
+    `room_started`, `participant_joined` and `room_finished` update the session's record
+    (late or repeated events change nothing). An address that keeps failing gets 429."""
     try:
         recorded = await services.voice.webhook(
             await request.body(), request.headers.get("authorization")

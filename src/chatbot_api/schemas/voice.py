@@ -3,9 +3,10 @@ of a session. The token answer has the shape LiveKit's own token endpoints use."
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from chatbot_api.schemas.metadata import Metadata
 
@@ -18,7 +19,28 @@ __all__ = [
 
 #: Room names and identities travel in URLs and tokens: letters, digits and ``._~@:+-``.
 _NAME = r"^[A-Za-z0-9._~@:+-]+$"
-RoomName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NAME)]
+#: Bytes the instructions may take once JSON-encoded (escapes and UTF-8 counted): they ride
+#: in the participant token, and clients send the token in a URL.
+MAX_INSTRUCTION_BYTES = 4000
+
+
+def _not_a_path_step(name: str) -> str:
+    if set(name) == {"."}:
+        raise ValueError("a name of dots alone is a path step, not a name")
+    return name
+
+
+def _fits_a_token(text: str) -> str:
+    if len(json.dumps(text, ensure_ascii=False).encode()) > MAX_INSTRUCTION_BYTES:
+        raise ValueError(f"at most {MAX_INSTRUCTION_BYTES} bytes once JSON-encoded")
+    return text
+
+
+RoomName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=_NAME),
+    AfterValidator(_not_a_path_step),
+]
 Identity = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NAME)]
 
 
@@ -45,11 +67,11 @@ class CreateVoiceSessionRequest(BaseModel):
     participant_name: Annotated[str, StringConstraints(max_length=128)] | None = Field(
         default=None, description="The caller's display name."
     )
-    instructions: Annotated[str, StringConstraints(max_length=4000)] | None = Field(
+    instructions: Annotated[str, AfterValidator(_fits_a_token)] | None = Field(
         default=None,
         description=(
-            "The agent's system prompt. It travels in the token (which clients put in a URL), "
-            "hence its limit."
+            "The agent's system prompt, up to 4,000 bytes as JSON. It travels in the token "
+            "(which clients put in a URL, and whoever holds it can read)."
         ),
     )
     metadata: Metadata | None = Field(

@@ -19,11 +19,13 @@ from typing import Any
 
 import aiohttp
 from google.protobuf.json_format import ParseError
+from google.protobuf.message import DecodeError
 from livekit import api as livekit
 
 from chatbot_api.config import Settings
 from chatbot_api.errors import (
     AuthenticationError,
+    ConflictError,
     InvalidRequestError,
     ModelNotFoundError,
     VoiceNotConfiguredError,
@@ -42,6 +44,12 @@ logger = logging.getLogger(__name__)
 ROOM_EMPTY_TIMEOUT_SECONDS = 300
 #: The webhook events that change a session's record.
 _RECORDED = frozenset({"room_started", "participant_joined", "room_finished"})
+
+
+def _compact(brief: dict[str, Any]) -> str:
+    """A brief as JSON, non-ASCII text as UTF-8 rather than six-byte escapes (it rides in a
+    token, which clients put in a URL)."""
+    return json.dumps(brief, ensure_ascii=False, separators=(",", ":"))
 
 
 class VoiceService:
@@ -103,16 +111,37 @@ class VoiceService:
         room_name = body.room_name or f"voice-{secrets.token_hex(8)}"
         identity = body.participant_identity or f"user-{secrets.token_hex(6)}"
         metadata = body.metadata or {}
-        new = await self.sessions.claim(principal.owner, room_name, body.model, metadata)
+        new, model = await self.sessions.claim(principal.owner, room_name, body.model, metadata)
+        if model != body.model:
+            raise InvalidRequestError(
+                f"The room '{room_name}' serves the model '{model}': ask for that model, or "
+                "for another room.",
+                param="model",
+            )
 
-        # What the agent needs to answer: in the dispatch of the room we make (its job's
-        # metadata), in the room's own metadata (for a worker on automatic dispatch), and in
-        # the token's room configuration (for a room that its first participant creates).
-        brief = {"model": body.model, "instructions": body.instructions}
+        # What the agent needs to answer goes in the dispatch of the room we make: the job's
+        # metadata, which only the agent's worker sees. The room's own metadata, which every
+        # participant can read, names the model alone. The token's room configuration carries
+        # the brief too (for a room its first participant creates): the caller sent it, and
+        # whoever holds the token can read it.
+        brief = _compact({"model": body.model, "instructions": body.instructions})
+        dispatch = {"model": body.model, "instructions": body.instructions, "metadata": metadata}
         try:
-            await self._ensure_room(client, room_name, json.dumps({**brief, "metadata": metadata}))
-        except VoiceServerError:
-            if new:
+            existed = await self._ensure_room(
+                client,
+                room_name,
+                dispatch=_compact(dispatch),
+                public=_compact({"model": body.model}),
+            )
+            if new and existed:
+                raise ConflictError(
+                    f"A room '{room_name}' exists on the LiveKit server and this API did not "
+                    "make it; choose another room_name.",
+                    param="room_name",
+                    code="room_taken",
+                )
+        except BaseException:
+            if new:  # nothing of this session exists: it is not listed
                 await self.sessions.forget(principal.owner, room_name)
             raise
         ttl = self.settings.livekit_token_ttl
@@ -132,9 +161,7 @@ class VoiceService:
             )
         )
         if self.settings.livekit_agent_name:
-            token = token.with_room_config(
-                livekit.RoomConfiguration(agents=self._dispatch(json.dumps(brief)))
-            )
+            token = token.with_room_config(livekit.RoomConfiguration(agents=self._dispatch(brief)))
         return {
             "server_url": self.settings.livekit_url,
             "participant_token": token.to_jwt(),
@@ -147,7 +174,10 @@ class VoiceService:
         name = self.settings.livekit_agent_name
         return [livekit.RoomAgentDispatch(agent_name=name, metadata=metadata)] if name else []
 
-    async def _ensure_room(self, client: livekit.LiveKitAPI, room_name: str, brief: str) -> None:
+    async def _ensure_room(
+        self, client: livekit.LiveKitAPI, room_name: str, *, dispatch: str, public: str
+    ) -> bool:
+        """Make the room unless LiveKit has it; True when it was there already."""
         # Our own deadline: livekit-api hands aiohttp `timeout=None` on every call, which
         # turns off the session's timeout, and a LiveKit that never answers would hold the
         # request for ever.
@@ -155,22 +185,31 @@ class VoiceService:
             async with asyncio.timeout(self.settings.livekit_timeout_seconds):
                 found = await client.room.list_rooms(livekit.ListRoomsRequest(names=[room_name]))
                 if any(room.name == room_name for room in found.rooms):
-                    return
+                    return True
                 await client.room.create_room(
                     livekit.CreateRoomRequest(
                         name=room_name,
                         empty_timeout=ROOM_EMPTY_TIMEOUT_SECONDS,
-                        metadata=brief,
-                        agents=self._dispatch(brief),
+                        metadata=public,
+                        agents=self._dispatch(dispatch),
                     )
                 )
+                return False
         except livekit.TwirpError as exc:
             # Its message may be about our credentials: logged, never sent.
             logger.warning(
                 "LiveKit refused a room",
-                extra={"room": room_name, "status": exc.status, "code": exc.code},
+                extra={
+                    "room": room_name,
+                    "status": exc.status,
+                    "code": exc.code,
+                    "error": exc.message,
+                },
             )
             raise VoiceServerError(f"refused to make the room ({exc.code})") from None
+        except DecodeError:
+            logger.warning("LiveKit answered with something else", extra={"room": room_name})
+            raise VoiceServerError("answered with something that is not LiveKit's") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             logger.warning(
                 "LiveKit did not answer", extra={"room": room_name, "error": type(exc).__name__}
@@ -189,7 +228,11 @@ class VoiceService:
                 code="invalid_signature",
             )
         try:
-            event = self._webhooks.receive(body.decode("utf-8", errors="replace"), token)
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError("A LiveKit webhook's body is UTF-8 JSON.") from None
+        try:
+            event = self._webhooks.receive(text, token)
         except ParseError:
             raise InvalidRequestError("The webhook's body is not a LiveKit event.") from None
         except Exception:
@@ -198,7 +241,7 @@ class VoiceService:
             ) from None
         if event.event not in _RECORDED or not event.room.name:
             return False
-        at = int(event.created_at) or int(time.time())
+        at = int(event.created_at) if event.created_at > 0 else int(time.time())
         participant = event.participant.identity if event.HasField("participant") else None
         return await self.sessions.record(
             event.room.name, event.event, at=at, participant=participant

@@ -45,10 +45,12 @@ class VoiceSessionStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def claim(self, owner: str, room_name: str, model: str, metadata: dict[str, str]) -> bool:
-        """Record the room as ``owner``'s, True when it is new; a room already theirs is
-        theirs again, a room of another key is a 409 (two keys asking at once: the first
-        insert wins, in either database, and the other is told so)."""
+    async def claim(
+        self, owner: str, room_name: str, model: str, metadata: dict[str, str]
+    ) -> tuple[bool, str]:
+        """Record the room as ``owner``'s: whether it is new, and the model it serves. A room
+        already theirs is theirs again; a room of another key is a 409 (two keys asking at
+        once: the first insert wins, in either database, and the other is told so)."""
         row = {
             "room_name": room_name,
             "owner": owner,
@@ -68,12 +70,14 @@ class VoiceSessionStore:
             )
             holder = (
                 await connection.execute(
-                    select(VoiceSession.owner).where(VoiceSession.room_name == room_name)
+                    select(VoiceSession.owner, VoiceSession.model).where(
+                        VoiceSession.room_name == room_name
+                    )
                 )
-            ).scalar()
-        if holder != owner:
+            ).one()
+        if holder.owner != owner:
             raise _taken(room_name)
-        return bool(inserted.rowcount)
+        return bool(inserted.rowcount), str(holder.model)
 
     async def forget(self, owner: str, room_name: str) -> None:
         """Drop a claim whose room could not be made, so that it is not listed as a session."""
@@ -89,23 +93,34 @@ class VoiceSessionStore:
     async def record(
         self, room_name: str, event: str, *, at: int, participant: str | None = None
     ) -> bool:
-        """Apply a webhook's news to the room's record; False when the room is not ours."""
+        """Apply a webhook's news to the room's record; False when the room is not ours.
+
+        Events may arrive late, twice or out of order: a start older than what is recorded,
+        or an end before the start, changes nothing; the row is locked while it changes, so
+        that joins arriving together are all kept."""
         async with writing(self._database) as connection:
             row = (
                 await connection.execute(
-                    select(VoiceSession.seq, VoiceSession.participants).where(
-                        VoiceSession.room_name == room_name
+                    select(
+                        VoiceSession.seq,
+                        VoiceSession.started_at,
+                        VoiceSession.ended_at,
+                        VoiceSession.participants,
                     )
+                    .where(VoiceSession.room_name == room_name)
+                    .with_for_update()
                 )
             ).first()
             if row is None:
                 return False
             changes: dict[Any, Any] = {}
             if event == "room_started":
-                changes[VoiceSession.started_at] = at
-                changes[VoiceSession.ended_at] = None  # a room can start again under its name
+                if _after(at, row.started_at) and _after(at, row.ended_at):
+                    changes[VoiceSession.started_at] = at  # started (again, under its name)
+                    changes[VoiceSession.ended_at] = None
             elif event == "room_finished":
-                changes[VoiceSession.ended_at] = at
+                if _after(at, row.ended_at) and (row.started_at is None or at >= row.started_at):
+                    changes[VoiceSession.ended_at] = at
             elif participant is not None and participant not in row.participants:
                 changes[VoiceSession.participants] = [*row.participants, participant]
             if changes:
@@ -141,6 +156,10 @@ class VoiceSessionStore:
             order=order,
             wire=_wire,
         )
+
+
+def _after(at: int, recorded: int | None) -> bool:
+    return recorded is None or at > recorded
 
 
 def _not_found(room_name: str) -> NotFoundError:

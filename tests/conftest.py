@@ -46,6 +46,7 @@ def make_settings(**overrides: Any) -> Settings:
     The bundled model is left out unless a test asks for it: most tests need only ``echo``.
     """
     overrides.setdefault("bundled_model", False)
+    overrides.setdefault("bundled_chat_model", False)
     # The shared servers take far more requests a minute from 127.0.0.1 than any one client
     # of a deployment would; the rate-limit tests set the limits they exercise.
     overrides.setdefault("rate_limit_rpm", 0)

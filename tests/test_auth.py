@@ -254,6 +254,7 @@ def test_serve_refuses_an_open_api_on_the_network(
 ) -> None:
     monkeypatch.setenv("CHATBOT_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'n.db'}")
     monkeypatch.setenv("CHATBOT_BUNDLED_MODEL", "false")
+    monkeypatch.setenv("CHATBOT_BUNDLED_CHAT_MODEL", "false")
 
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
 
@@ -268,7 +269,10 @@ def test_serve_on_the_network_starts_once_a_key_exists(
     assert main(["keys", "create", "--name", "first"]) == 0
     key = capsys.readouterr().out.strip()
     env = clean_env(
-        CHATBOT_DATABASE_URL=database, CHATBOT_DATA_DIR=str(tmp_path), CHATBOT_BUNDLED_MODEL="false"
+        CHATBOT_DATABASE_URL=database,
+        CHATBOT_DATA_DIR=str(tmp_path),
+        CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
     )
 
     with ServerProcess(env, tmp_path / "output.txt", "--host", "0.0.0.0") as server:

@@ -118,8 +118,9 @@ def test_serve_in_its_own_process_answers_and_stops_on_sigterm(
     with ServerProcess(env, tmp_path / "output.txt", "--workers", workers) as server:
         assert httpx.get(f"{server.base_url}/health").json() == {"status": "ok"}
         models = httpx.get(f"{server.base_url}/v1/models").json()
-        # With no models file: the built-in echo and the bundled model, prepared on first start.
-        assert [m["id"] for m in models["data"]] == ["echo", "gemma-3-270m"]
+        # With no models file: the bundled chat model first, the built-in echo, and the
+        # bundled Gemma, prepared on first start.
+        assert [m["id"] for m in models["data"]] == ["smollm2-135m", "echo", "gemma-3-270m"]
     assert server.returncode == 0, server.output.read_text()
     # The bundled model's engine process, shared by the workers, keeps a file of its own.
     engine_log = (tmp_path / "server.engine.gemma-3-270m.log").read_text()
@@ -128,7 +129,8 @@ def test_serve_in_its_own_process_answers_and_stops_on_sigterm(
         # One line says where everything is, with the port the command line chose.
         base = server.base_url
         assert _started(logged_messages(log_file.read_text())) == [
-            f"serving echo, gemma-3-270m · api {base}/v1 · docs {base}/docs · playground {base}/"
+            f"serving smollm2-135m, echo, gemma-3-270m · api {base}/v1 · docs {base}/docs · "
+            f"playground {base}/"
         ]
     else:  # a file per process (the supervisor and each worker), never one file shared
         files = sorted(tmp_path.glob("server.[0-9]*.log"))

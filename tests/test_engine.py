@@ -244,6 +244,7 @@ def test_serve_refuses_to_start_when_an_engine_cannot(tmp_path: Path) -> None:
     env = clean_env(
         CHATBOT_MODELS_FILE=str(models),
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATA_DIR=str(tmp_path),
     )
 

@@ -99,6 +99,7 @@ def test_no_secret_reaches_the_log_file(tmp_path: Path, sdk: SdkFactory) -> None
         CHATBOT_LOG_LEVEL="DEBUG",
         CHATBOT_DATABASE_URL=database,
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
     )
     from_cli = subprocess.run(
         [sys.executable, "-m", "chatbot_api", "keys", "create", "--name", "cli"],

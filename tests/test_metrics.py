@@ -75,6 +75,7 @@ def test_two_workers_share_limits_data_and_metrics(tmp_path: Path, sdk: SdkFacto
     env = clean_env(
         CHATBOT_MASTER_KEY=MASTER,
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATABASE_URL=database_url_for("postgres", tmp_path),
         CHATBOT_REDIS_URL=str(REDIS_URL),
     )

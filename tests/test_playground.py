@@ -31,6 +31,7 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
         CHATBOT_MASTER_KEY=MASTER_KEY,
         CHATBOT_MODELS_FILE=str(models),
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATA_DIR=str(tmp / "data"),
         **extra,
     )

@@ -23,6 +23,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = clean_env(
         CHATBOT_MODELS_FILE=str(models),
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATABASE_URL=f"sqlite+aiosqlite:///{scratch / 'head.db'}",
         CHATBOT_BODY_TIMEOUT_SECONDS="1",
     )

@@ -79,6 +79,7 @@ def _env(directory: Path, database_url: str, **extra: str) -> dict[str, str]:
     return clean_env(
         CHATBOT_DATABASE_URL=database_url,
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATA_DIR=str(directory),
         **extra,
     )

@@ -41,6 +41,7 @@ def test_sigterm_lets_streams_finish_within_the_grace_period(tmp_path: Path) -> 
     env = clean_env(
         CHATBOT_MODELS_FILE=str(models),
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
         CHATBOT_SHUTDOWN_GRACE_SECONDS="2",
     )
@@ -95,6 +96,7 @@ def test_sigterm_cuts_a_client_that_stopped_reading_and_stops_its_generation(
 ) -> None:
     env = clean_env(
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'stalled.db'}",
         CHATBOT_SHUTDOWN_GRACE_SECONDS="0",
         CHATBOT_MAX_BODY_BYTES=str(16 * 1024 * 1024),

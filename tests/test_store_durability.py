@@ -229,6 +229,7 @@ def test_sigterm_with_writes_pending_loses_none(tmp_path: Path, data_dir: Path) 
         CHATBOT_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
         CHATBOT_DATABASE_BUSY_TIMEOUT_MS="50",
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATA_DIR=str(data_dir),
     )
     subprocess.run(

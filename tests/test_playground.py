@@ -86,6 +86,19 @@ def _send(page: Page, text: str) -> None:
     page.press("#input", "Enter")
 
 
+def _open(page: Page, server: ServerProcess, model: str) -> None:
+    """Signed in with the master key, the page ready, ``model`` picked."""
+    _sign_in(page, server)
+    _ready(page)
+    page.select_option("#model", model)
+
+
+def _exchange(page: Page, text: str) -> None:
+    """Send ``text`` and wait for the reply to finish (its usage shown)."""
+    _send(page, text)
+    expect(page.locator(".message.assistant .stats").last).to_contain_text("out tokens")
+
+
 def _last_reply(page: Page) -> str:
     return page.locator(".message.assistant .body").last.inner_text()
 
@@ -125,9 +138,7 @@ def test_the_page_is_served_under_a_strict_content_security_policy(
 
 
 def test_a_message_streams_back_word_by_word(page: Page, served: ServerProcess) -> None:
-    _sign_in(page, served)
-    _ready(page)
-    page.select_option("#model", "slow-echo")
+    _open(page, served, "slow-echo")
     # Every state the reply goes through, as the page shows it.
     page.evaluate(
         """() => {
@@ -158,9 +169,7 @@ def test_a_message_streams_back_word_by_word(page: Page, served: ServerProcess) 
 
 
 def test_stop_ends_the_stream_and_the_generation(page: Page, served: ServerProcess) -> None:
-    _sign_in(page, served)
-    _ready(page)
-    page.select_option("#model", "slow-echo")
+    _open(page, served, "slow-echo")
     long_message = " ".join(f"word{i}" for i in range(60))  # about seven seconds of reply
     before = logged_messages(served.output.read_text()).count(DISCONNECTED)
     _send(page, long_message)
@@ -181,11 +190,8 @@ def test_stop_ends_the_stream_and_the_generation(page: Page, served: ServerProce
 def test_a_conversation_survives_a_reload_and_follows_the_key(
     browser: Browser, page: Page, served: ServerProcess
 ) -> None:
-    _sign_in(page, served)
-    _ready(page)
-    page.select_option("#model", "echo")
-    _send(page, "remember the lighthouse")
-    expect(page.locator(".message.assistant .stats").last).to_contain_text("out tokens")
+    _open(page, served, "echo")
+    _exchange(page, "remember the lighthouse")
 
     page.reload()  # the key stays with the tab: no question asked again
     _ready(page)
@@ -204,11 +210,8 @@ def test_a_conversation_survives_a_reload_and_follows_the_key(
 
 
 def test_rename_and_delete_a_conversation(page: Page, served: ServerProcess) -> None:
-    _sign_in(page, served)
-    _ready(page)
-    page.select_option("#model", "echo")
-    _send(page, "a chat to rename")
-    expect(page.locator(".message.assistant .stats").last).to_contain_text("out tokens")
+    _open(page, served, "echo")
+    _exchange(page, "a chat to rename")
     entry = page.locator("#conversations li", has_text="a chat to rename")
     entry.get_by_role("button", name="Rename", exact=True).click()
     page.fill("#conversations input", "Renamed chat")
@@ -228,11 +231,8 @@ def test_rename_and_delete_a_conversation(page: Page, served: ServerProcess) -> 
 def test_regenerate_replaces_the_last_reply_here_and_on_the_server(
     page: Page, served: ServerProcess
 ) -> None:
-    _sign_in(page, served)
-    _ready(page)
-    page.select_option("#model", "echo")
-    _send(page, "say it twice")
-    expect(page.locator(".message.assistant .stats").last).to_contain_text("out tokens")
+    _open(page, served, "echo")
+    _exchange(page, "say it twice")
     page.get_by_role("button", name="Regenerate").click()
     expect(page.locator(".message.assistant .stats").last).to_contain_text("out tokens")
     expect(page.locator(".message.user .body")).to_have_text(["say it twice"])
@@ -249,11 +249,8 @@ def test_regenerate_replaces_the_last_reply_here_and_on_the_server(
 def test_regenerate_after_stop_sends_the_stopped_message_again(
     page: Page, served: ServerProcess
 ) -> None:
-    _sign_in(page, served)
-    _ready(page)
-    page.select_option("#model", "echo")
-    _send(page, "alpha")
-    expect(page.locator(".message.assistant .stats").last).to_contain_text("out tokens")
+    _open(page, served, "echo")
+    _exchange(page, "alpha")
     page.select_option("#model", "slow-echo")
     stopped = " ".join(f"w{i}" for i in range(12))
     _send(page, stopped)
@@ -283,15 +280,11 @@ def test_regenerate_after_stop_sends_the_stopped_message_again(
 def test_a_reply_the_markdown_renderer_cannot_take_is_shown_as_text(
     page: Page, served: ServerProcess
 ) -> None:
-    _sign_in(page, served)
-    _ready(page)
-    page.select_option("#model", "echo")
+    _open(page, served, "echo")
     nested = ">" * 3000 + " deep"  # a quote nested thousands deep
     first = "a" * 59 + "\U0001f600 and then some"  # the title is cut after the emoji, not in it
-    _send(page, first)
-    expect(page.locator(".message.assistant .stats").last).to_contain_text("out tokens")
-    _send(page, nested)
-    expect(page.locator(".message.assistant .stats").last).to_contain_text("out tokens")
+    _exchange(page, first)
+    _exchange(page, nested)
     _send(page, "after")
     expect(page.locator(".message.assistant .body").last).to_have_text("after")
     assert page.locator(".message.assistant .body").nth(1).inner_text() == nested
@@ -358,9 +351,7 @@ def test_a_rate_limited_key_is_told_how_long_to_wait(page: Page, served: ServerP
 def test_markdown_is_rendered_and_markup_in_a_reply_stays_text(
     page: Page, served: ServerProcess
 ) -> None:
-    _sign_in(page, served)
-    _ready(page)
-    page.select_option("#model", "echo")
+    _open(page, served, "echo")
     hostile = (
         "**bold** and `code` <script>window.pwned=1</script> "
         "<img src=x onerror=window.pwned=2> [link](javascript:window.pwned=3)"

@@ -29,7 +29,10 @@ _DESCRIPTIONS = {
         "The request headers or body did not arrive within `CHATBOT_BODY_TIMEOUT_SECONDS` "
         "(`request_timeout`); the connection is closed."
     ),
-    409: "The room belongs to another key's voice session (`room_taken`).",
+    409: (
+        "The room is another key's voice session, or a LiveKit room this API did not make "
+        "(`room_taken`)."
+    ),
     413: "The request body is larger than `CHATBOT_MAX_BODY_BYTES` (`request_too_large`).",
     429: (
         "Over the caller's requests or tokens per minute, or too many failed authentications "

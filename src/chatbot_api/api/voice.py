@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from chatbot_api.api.deps import CountedDep, PrincipalDep, ServicesDep, client_address
 from chatbot_api.api.error_docs import error_responses
@@ -19,6 +18,7 @@ from chatbot_api.schemas.voice import (
     VoiceSession,
     VoiceSessionList,
     VoiceSessionToken,
+    WebhookReceipt,
 )
 
 __all__ = ["router", "webhooks"]
@@ -96,11 +96,6 @@ async def retrieve_voice_session(
     return JSONResponse(
         await services.voice.sessions.get(principal.owner, room_name), headers=limits
     )
-
-
-class WebhookReceipt(BaseModel):
-    received: bool = True
-    recorded: bool = Field(description="Whether it was about a session of this server's.")
 
 
 @webhooks.post(

@@ -15,6 +15,7 @@ __all__ = [
     "VoiceSession",
     "VoiceSessionList",
     "VoiceSessionToken",
+    "WebhookReceipt",
 ]
 
 #: Room names and identities travel in URLs and tokens: letters, digits and ``._~@:+-``.
@@ -106,3 +107,8 @@ class VoiceSessionList(BaseModel):
         description="The last session's room name: `after` for the next page."
     )
     has_more: bool
+
+
+class WebhookReceipt(BaseModel):
+    received: bool = True
+    recorded: bool = Field(description="Whether it was about a session of this server's.")

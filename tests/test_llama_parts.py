@@ -17,7 +17,8 @@ from chatbot_api.providers.llama.prompt import (
     TemplateRefusedError,
     TranscriptPrompter,
 )
-from chatbot_api.providers.llama.provider import LlamaCppProvider, grammar_spec
+from chatbot_api.providers.llama.provider import LlamaCppProvider
+from chatbot_api.providers.llama.structured import grammar_spec
 from chatbot_api.providers.llama.supervisor import EngineStartError
 from tests.conftest import make_settings
 

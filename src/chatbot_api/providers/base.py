@@ -30,6 +30,7 @@ __all__ = [
     "GenerationEvent",
     "GenerationRequest",
     "PromptMessage",
+    "PromptToolCall",
     "Provider",
     "Relay",
     "RelayedAnswer",
@@ -46,9 +47,20 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 @dataclass(frozen=True, slots=True)
+class PromptToolCall:
+    """A call an earlier assistant turn made: its id, function and arguments (as sent)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class PromptMessage:
     role: str
     text: str
+    #: An assistant turn's tool calls.
+    tool_calls: tuple[PromptToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,9 @@ Parameters a provider cannot honour are refused with a 400 naming them, never dr
 from __future__ import annotations
 
 from chatbot_api.errors import InvalidRequestError, UnsupportedParameterError
-from chatbot_api.providers.base import GenerationRequest, PromptMessage
+from chatbot_api.providers.base import GenerationRequest, PromptMessage, PromptToolCall
 from chatbot_api.schemas.chat import ChatCompletionRequest
-from chatbot_api.schemas.messages import MediaPart, message_text
+from chatbot_api.schemas.messages import AssistantMessage, ChatMessage, MediaPart, message_text
 
 __all__ = ["build_generation_request", "check_supported", "requested_parameters"]
 
@@ -79,9 +79,7 @@ def check_supported(
 def build_generation_request(
     request: ChatCompletionRequest, *, seed_offset: int = 0, request_id: str | None = None
 ) -> GenerationRequest:
-    messages = tuple(
-        PromptMessage(role=m.role, text=message_text(m.content)) for m in request.messages
-    )
+    messages = tuple(_prompt_message(m) for m in request.messages)
     seed = None if request.seed is None else request.seed + seed_offset
     return GenerationRequest(
         request=request,
@@ -91,3 +89,17 @@ def build_generation_request(
         seed=seed,
         request_id=request_id,
     )
+
+
+def _prompt_message(message: ChatMessage) -> PromptMessage:
+    text = message_text(message.content)
+    if not isinstance(message, AssistantMessage):
+        return PromptMessage(message.role, text)
+    calls = [
+        PromptToolCall(call.id, call.function.name, call.function.arguments)
+        for call in message.tool_calls or ()
+    ]
+    if message.function_call is not None:
+        name, arguments = message.function_call.name, message.function_call.arguments
+        calls.append(PromptToolCall("", name, arguments))
+    return PromptMessage(message.role, text, tuple(calls))

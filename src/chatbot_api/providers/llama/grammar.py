@@ -20,10 +20,11 @@ import asyncio
 import functools
 import hashlib
 import logging
+import re
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llguidance
 import numpy as np
@@ -31,23 +32,15 @@ from llguidance.llamacpp import lltokenizer_from_vocab
 
 from chatbot_api.errors import InvalidRequestError, ServerOverloadedError
 from chatbot_api.providers.llama.protocol import GrammarSpec
+from chatbot_api.providers.llama.structured import JSON_OPTIONS
 
-if TYPE_CHECKING:
-    from llguidance._lib import JsonCompileOptions  # a TypedDict of the stubs only
-
-__all__ = ["JSON_OPTIONS", "Constraint", "GrammarCompiler", "GrammarError"]
+__all__ = ["Constraint", "GrammarCompiler", "GrammarError"]
 
 logger = logging.getLogger(__name__)
 
-#: How llguidance writes JSON unless a schema's own ``x-guidance`` says otherwise: no free
-#: white space (small models otherwise fill the answer with newlines), readable separators.
-JSON_OPTIONS: JsonCompileOptions = {
-    "whitespace_flexible": False,
-    "key_separator": ": ",
-    "item_separator": ", ",
-}
 #: llguidance's limits, with error messages that do not dump the parser's state.
 _LIMITS = llguidance.LLParserLimits(verbose_errors=False)
+_LARK_PLACE = re.compile(r"^at \d+\(\d+\): ")
 _ANY_OBJECT = '{"type":"object"}'
 
 
@@ -56,8 +49,8 @@ class GrammarError(InvalidRequestError):
 
     default_code = "invalid_json_schema"
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"Invalid schema for response_format: {reason}", param="response_format")
+    def __init__(self, reason: str, param: str = "response_format") -> None:
+        super().__init__(f"Invalid schema for {param}: {reason}", param=param)
 
 
 def _first_line(message: str) -> str:
@@ -71,6 +64,8 @@ class Constraint:
 
     matcher: llguidance.LLMatcher
     n_vocab: int
+    #: The request parameter the grammar came from.
+    param: str = "response_format"
     barred: np.ndarray[Any, np.dtype[np.bool_]] = field(init=False)
     #: Set when the grammar is complete: the sequence ends without sampling more.
     finished: bool = False
@@ -88,7 +83,7 @@ class Constraint:
         allowed = np.unpackbits(words, bitorder="little", count=self.n_vocab)
         if self.matcher.is_error() or not allowed.any():
             reason = self.matcher.get_error() or "the schema allows no continuation here"
-            raise GrammarError(_first_line(reason))
+            raise GrammarError(_first_line(reason), self.param)
         self.barred = allowed == 0
 
     def apply(self, logits: np.ndarray[Any, np.dtype[np.float32]]) -> None:
@@ -98,7 +93,7 @@ class Constraint:
     def advance(self, token: int) -> None:
         """Worker thread: take the sampled token, then prepare the next step's mask."""
         if not self.matcher.consume_token(token):
-            raise GrammarError(_first_line(self.matcher.get_error()))
+            raise GrammarError(_first_line(self.matcher.get_error()), self.param)
         if self.matcher.is_stopped():
             self.finished = True
             return
@@ -157,7 +152,7 @@ class GrammarCompiler:
         # A copy shares what the prototype compiled; its first mask is computed off the loop.
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._copying, Constraint, cached.deep_copy(), self._n_vocab
+            self._copying, Constraint, cached.deep_copy(), self._n_vocab, spec.param
         )
 
     async def _compile(self, key: str, spec: GrammarSpec) -> llguidance.LLMatcher | GrammarError:
@@ -188,7 +183,7 @@ class GrammarCompiler:
                 asyncio.shield(job), self._budget
             )
         except TimeoutError:
-            result = _CompileTimeoutError(self._budget)
+            result = _CompileTimeoutError(self._budget, spec.param)
         except GrammarError as error:
             result = error
         self._remember(key, result)
@@ -214,8 +209,8 @@ class GrammarCompiler:
 
 
 class _CompileTimeoutError(GrammarError):
-    def __init__(self, budget: float) -> None:
-        super().__init__(f"the schema took longer than {budget:g} s to compile; simplify it")
+    def __init__(self, budget: float, param: str) -> None:
+        super().__init__(f"the schema took longer than {budget:g} s to compile; simplify it", param)
 
 
 def _settle(started: asyncio.Future[None]) -> None:
@@ -225,13 +220,20 @@ def _settle(started: asyncio.Future[None]) -> None:
 
 def _build(spec: GrammarSpec, tokenizer: llguidance.LLTokenizer) -> llguidance.LLMatcher:
     """Compile ``spec`` (in a compiler thread): a matcher whose first mask is computed."""
-    # The worker sends a JSON object (``provider.grammar_spec``), which is all this refuses.
-    schema = _ANY_OBJECT if spec.kind == "json_object" else spec.schema
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+    if spec.kind == "lark":
+        grammar = llguidance.LLMatcher.grammar_from_lark(spec.schema)
+    else:
+        # The worker sends a JSON object (``provider.grammar_spec``), which is all this refuses.
+        schema = _ANY_OBJECT if spec.kind == "json_object" else spec.schema
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=_LIMITS)
     # The first mask builds the lexer's tables (it consumes nothing): copies of a warm
     # prototype start fast.
     matcher.compute_bitmask()
     if matcher.is_error():
-        raise GrammarError(_first_line(matcher.get_error()))
+        message = matcher.get_error()
+        if spec.kind == "lark":
+            # "at 4(7): <reason>" and then the grammar around the fault, which is ours.
+            message = _LARK_PLACE.sub("", message.strip().splitlines()[0])
+        raise GrammarError(_first_line(message), spec.param)
     return matcher

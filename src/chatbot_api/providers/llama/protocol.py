@@ -70,10 +70,13 @@ class Sampling(msgspec.Struct, frozen=True):
 
 
 class GrammarSpec(msgspec.Struct, frozen=True):
-    """Structured output: ``json_object`` (any object) or ``json_schema`` (``schema`` as JSON)."""
+    """Structured output: ``json_object`` (any object), ``json_schema`` (``schema`` as JSON)
+    or ``lark`` (``schema``: a grammar in llguidance's Lark, as tool calls use)."""
 
     kind: str
     schema: str
+    #: The request parameter the grammar came from, named in its errors.
+    param: str = "response_format"
 
 
 class Generate(msgspec.Struct, frozen=True, tag=True):

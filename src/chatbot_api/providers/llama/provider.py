@@ -18,12 +18,15 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 from jinja2 import TemplateError
 
 from chatbot_api.config import Settings
-from chatbot_api.errors import EngineUnavailableError, InvalidRequestError
+from chatbot_api.errors import (
+    EngineUnavailableError,
+    InvalidRequestError,
+    UnsupportedParameterError,
+)
 from chatbot_api.logs import log_format_of
 from chatbot_api.providers.base import (
     Finish,
@@ -47,87 +50,28 @@ from chatbot_api.providers.llama.protocol import (
     Sampling,
     TokenLogprobWire,
 )
+from chatbot_api.providers.llama.structured import grammar_spec
 from chatbot_api.providers.llama.supervisor import (
     EngineLogging,
     EngineSupervisor,
     engine_log_file,
     engine_socket,
 )
+from chatbot_api.providers.llama.tools import (
+    ToolCallReader,
+    ToolPlan,
+    plan_tools,
+    prompt_messages,
+)
 
-__all__ = ["MAX_SCHEMA_BYTES", "MAX_SCHEMA_DEPTH", "LlamaCppProvider", "grammar_spec"]
+__all__ = ["LlamaCppProvider"]
 
 logger = logging.getLogger(__name__)
 
-#: Largest JSON schema accepted in ``response_format`` (as compact JSON).
-MAX_SCHEMA_BYTES = 1024 * 1024
-#: Deepest nesting of objects and arrays a schema may have; llguidance refuses deeper ones.
-MAX_SCHEMA_DEPTH = 100
 #: How long a worker waits at start for the engine ``serve`` started (then keeps trying).
 _CONNECT_SECONDS = 30.0
 
 Prompter = TemplatePrompter | TranscriptPrompter
-
-
-def _schema_error(reason: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Invalid schema for response_format: {reason}",
-        param="response_format",
-        code="invalid_json_schema",
-    )
-
-
-def _depth(value: object) -> int:
-    """How deeply objects and arrays nest in ``value`` (without recursing)."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        if depth > MAX_SCHEMA_DEPTH:
-            break
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
-def grammar_spec(response_format: dict[str, Any] | None) -> GrammarSpec | None:
-    """What the engine must hold the output to, checked as far as it can be without it."""
-    if not response_format:
-        return None
-    kind = response_format.get("type", "text")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return GrammarSpec("json_object", "")
-    if kind != "json_schema":
-        raise InvalidRequestError(
-            f"Invalid value for 'response_format.type': {kind!r}; supported values are 'text', "
-            "'json_object' and 'json_schema'.",
-            param="response_format.type",
-            code="invalid_value",
-        )
-    spec = response_format.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    if schema is None:
-        raise InvalidRequestError(
-            "Missing required parameter: 'response_format.json_schema.schema'.",
-            param="response_format.json_schema.schema",
-            code="missing_required_parameter",
-        )
-    if not isinstance(schema, dict):
-        raise _schema_error("the schema must be a JSON object")
-    if _depth(schema) > MAX_SCHEMA_DEPTH:
-        raise _schema_error(f"objects and arrays nest deeper than {MAX_SCHEMA_DEPTH} levels")
-    # Sorted keys: equal schemas share one compiled grammar in the engine's cache.
-    text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
-    if len(text) > MAX_SCHEMA_BYTES:
-        raise _schema_error(f"the schema is larger than {MAX_SCHEMA_BYTES} bytes")
-    return GrammarSpec("json_schema", text)
 
 
 def _logprobs(wire: list[TokenLogprobWire] | None) -> tuple[TokenLogprob, ...] | None:
@@ -149,7 +93,7 @@ def _logprobs(wire: list[TokenLogprobWire] | None) -> tuple[TokenLogprob, ...] |
 
 class LlamaCppProvider:
     supported_parameters: frozenset[str] = frozenset(
-        {"logprobs", "top_logprobs", "response_format", "logit_bias"}
+        {"logprobs", "top_logprobs", "response_format", "logit_bias", "tools", "tool_choice"}
     )
 
     def __init__(self, model_id: str, config: LlamaCppConfig, settings: Settings) -> None:
@@ -219,21 +163,35 @@ class LlamaCppProvider:
             logit_bias=_logit_bias(wire.logit_bias, n_vocab),
         )
 
-    def _message(self, request: GenerationRequest, *, count_only: bool = False) -> Generate:
+    def _message(
+        self, request: GenerationRequest, plan: ToolPlan | None, *, count_only: bool = False
+    ) -> Generate:
         """The engine's message for ``request``, its prompt rendered by the chat template."""
         hello = self._client.hello
         if hello is None:
             raise EngineUnavailableError(self.model_id, self._client.problem)
         if self._prompter is None:
             self._prompter = self._choose_prompter(hello)
+        if plan is not None and not isinstance(self._prompter, TemplatePrompter):
+            raise UnsupportedParameterError(
+                f"Unsupported parameter: 'tools' needs a chat model, and model "
+                f"'{self.model_id}' is served without a chat template.",
+                param="tools",
+            )
         try:
-            prompt = self._prompter(request.messages)
+            prompt = self._prompter(prompt_messages(request.messages, plan))
         except TemplateError as exc:
             raise InvalidRequestError(
                 f"The model's chat template cannot render these messages: {exc}",
                 param="messages",
             ) from None
         grammar = grammar_spec(request.request.response_format)
+        if plan is not None:
+            # Under ``auto``, an answer that is not a call still follows ``response_format``.
+            answer = None
+            if grammar is not None:
+                answer = json.loads(grammar.schema) if grammar.schema else {"type": "object"}
+            grammar = GrammarSpec("lark", plan.grammar(answer), param="tools")
         # Under a grammar the output is JSON, which may hold the transcript's blank lines.
         stops = [*request.stop, *self.config.stop]
         if grammar is None:
@@ -256,7 +214,8 @@ class LlamaCppProvider:
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The prompt's length in the model's own tokens, as its engine tokenises it."""
-        answers = self._client.generate(self._message(request, count_only=True))
+        message = self._message(request, plan_tools(request.request), count_only=True)
+        answers = self._client.generate(message)
         async with aclosing(answers):
             async for answer in answers:
                 if isinstance(answer, Finished):
@@ -264,15 +223,24 @@ class LlamaCppProvider:
         raise AssertionError("unreachable")  # pragma: no cover - answers end with Finished or raise
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        client = self._client
-        message = self._message(request)
-        async for answer in client.generate(message):
+        plan = plan_tools(request.request)
+        message = self._message(request, plan)
+        reader = ToolCallReader(plan) if plan is not None else None
+        async for answer in self._client.generate(message):
             if isinstance(answer, Finished):
                 reason: FinishReason = "length" if answer.reason == "length" else "stop"
+                if reader is not None:
+                    for event in reader.end():
+                        yield event
+                    if reader.calls and reason == "stop":
+                        reason = "tool_calls"
                 yield Finish(reason)
                 yield Usage(answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens)
-            else:
+            elif reader is None:
                 yield TextDelta(answer.text, logprobs=_logprobs(answer.logprobs))
+            else:
+                for piece in reader.feed(answer.text, _logprobs(answer.logprobs)):
+                    yield piece
 
     def problem(self) -> str | None:
         return self._client.problem

@@ -1,0 +1,485 @@
+"""Tool calls on a local model: ``smollm2-135m`` with ``tools``, through the openai SDK's chat
+completions and Responses, LangChain and the Agents SDK.
+
+A 135M model chooses poorly, so what it chooses under ``auto`` is not asserted; the mechanics
+are: a forced call is always a known function with arguments that validate, ids and indexes
+hold across a stream, and results go back into the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool
+from agents import set_tracing_disabled as set_agents_tracing_disabled
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+
+from chatbot_api.app import create_app
+from chatbot_api.providers.base import TextDelta, ToolCallDelta
+from chatbot_api.providers.llama.tools import ToolCallReader, ToolPlan
+from tests.conftest import make_settings
+from tests.servers import LiveServer
+
+MODEL = "smollm2-135m"
+
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "minLength": 1, "maxLength": 40},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+BOOKING: Any = {
+    "type": "function",
+    "function": {
+        "name": "book_table",
+        "description": "Book a table at a restaurant.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "restaurant": {"type": "string", "maxLength": 40},
+                "guests": {"type": "integer", "minimum": 1, "maximum": 12},
+                "times": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"},
+                    "minItems": 1,
+                    "maxItems": 3,
+                },
+                "window_seat": {"type": "boolean"},
+            },
+            "required": ["restaurant", "guests", "times"],
+            "additionalProperties": False,
+        },
+    },
+}
+TOOLS: Any = [WEATHER, BOOKING]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+ASK: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    settings = make_settings(
+        bundled_chat_model=True, bundled_model=True, data_dir=tmp_path_factory.mktemp("tools")
+    )
+    with LiveServer(create_app(settings)) as live:
+        yield live
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as sdk:
+        yield sdk
+
+
+def _valid_calls(calls: list[Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    """Each call's function and parsed arguments, once checked against the function's schema."""
+    assert calls, "no tool call"
+    checked = []
+    for call in calls:
+        assert call.type == "function"
+        assert call.id.startswith("call_")
+        arguments = json.loads(call.function.arguments)
+        jsonschema.validate(arguments, SCHEMAS[call.function.name])
+        checked.append((call.function.name, arguments))
+    assert len({call.id for call in calls}) == len(calls)
+    return checked
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_required_call_is_a_known_function_with_valid_arguments(
+    client: openai.OpenAI, seed: int
+) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        seed=seed,
+        temperature=1.0,
+        max_tokens=300,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert len(_valid_calls(choice.message.tool_calls)) == 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_named_function_is_the_one_called(client: openai.OpenAI, seed: int) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "book_table"}},
+        seed=seed,
+        temperature=1.0,
+        max_tokens=300,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [(name, arguments)] = _valid_calls(choice.message.tool_calls)
+    assert name == "book_table"
+    assert 1 <= arguments["guests"] <= 12
+
+
+def test_parallel_calls_each_get_an_index_and_an_id(client: openai.OpenAI) -> None:
+    for seed in range(6):
+        reply = client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", seed=seed
+        )
+        choice = reply.choices[0]
+        if choice.finish_reason == "tool_calls":
+            _valid_calls(choice.message.tool_calls)
+        if len(choice.message.tool_calls or ()) > 1:
+            return
+    pytest.fail("no reply in six made more than one call")
+
+
+def test_a_streamed_call_arrives_in_deltas_with_a_stable_index_and_id(
+    client: openai.OpenAI,
+) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", seed=3, stream=True
+    )
+    calls: dict[int, dict[str, Any]] = {}
+    pieces = 0
+    finish = None
+    for chunk in stream:
+        choice = chunk.choices[0]
+        finish = choice.finish_reason or finish
+        assert not choice.delta.content
+        for delta in choice.delta.tool_calls or ():
+            pieces += 1
+            if delta.index not in calls:
+                # The first delta of a call names it: its id, its type and its function.
+                assert delta.id is not None
+                assert delta.type == "function"
+                assert delta.function is not None
+                assert delta.function.name in SCHEMAS
+                calls[delta.index] = {"name": delta.function.name, "arguments": ""}
+            else:
+                assert delta.id is None  # later pieces continue the call their index names
+            if delta.function is not None and delta.function.arguments:
+                calls[delta.index]["arguments"] += delta.function.arguments
+    assert finish in ("tool_calls", "length")
+    assert sorted(calls) == list(range(len(calls)))
+    assert pieces > 2 * len(calls)  # the arguments came in pieces, not at the end
+    complete = calls if finish == "tool_calls" else dict(list(calls.items())[:-1])
+    assert complete
+    for call in complete.values():
+        jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
+
+
+def test_a_round_trip_puts_the_result_in_the_prompt(client: openai.OpenAI) -> None:
+    first = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        seed=1,
+    )
+    call = first.choices[0].message.tool_calls[0]
+    result = "It is sunny in Paris, 24 degrees."
+    history = [
+        *ASK,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": result},
+    ]
+
+    final = client.chat.completions.create(
+        model=MODEL, messages=history, tools=[WEATHER], temperature=0, max_tokens=60
+    )
+    without_result = client.chat.completions.create(
+        model=MODEL, messages=history[:-1], tools=[WEATHER], temperature=0, max_tokens=1
+    )
+
+    choice = final.choices[0]
+    assert choice.finish_reason in ("stop", "tool_calls", "length")
+    assert choice.message.content or choice.message.tool_calls
+    assert final.usage is not None
+    assert without_result.usage is not None
+    grew = final.usage.prompt_tokens - without_result.usage.prompt_tokens
+    assert grew >= len(result.split())  # the result's words were read
+
+
+def test_under_auto_the_reply_is_an_answer_or_valid_calls(client: openai.OpenAI) -> None:
+    for seed in range(4):
+        reply = client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=TOOLS, seed=seed, max_tokens=80
+        )
+        choice = reply.choices[0]
+        if choice.message.tool_calls:
+            assert choice.finish_reason in ("tool_calls", "length")
+            if choice.finish_reason == "tool_calls":
+                _valid_calls(choice.message.tool_calls)
+        else:
+            assert choice.finish_reason in ("stop", "length")
+            assert choice.message.content
+            assert not choice.message.content.startswith("<tool_call>")
+
+
+def test_tool_choice_none_answers_in_text(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=40, seed=0
+    )
+    assert reply.choices[0].message.tool_calls is None
+    assert reply.choices[0].message.content
+
+
+def test_responses_make_function_calls_and_take_their_output(client: openai.OpenAI) -> None:
+    tools: Any = [{"type": "function", **WEATHER["function"]}]
+    first = client.responses.create(
+        model=MODEL, input="What is the weather in Paris?", tools=tools, tool_choice="required"
+    )
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert calls
+    assert first.status == "completed"
+    jsonschema.validate(json.loads(calls[0].arguments), SCHEMAS["get_weather"])
+
+    second = client.responses.create(
+        model=MODEL,
+        previous_response_id=first.id,
+        input=[
+            {"type": "function_call_output", "call_id": c.call_id, "output": "Sunny, 24 C."}
+            for c in calls
+        ],
+        tools=tools,
+        tool_choice="none",
+        max_output_tokens=40,
+    )
+    without_output = client.responses.create(
+        model=MODEL,
+        input="What is the weather in Paris?",
+        tools=tools,
+        tool_choice="none",
+        max_output_tokens=16,
+        store=False,
+    )
+    assert second.output_text
+    assert second.usage is not None
+    assert without_output.usage is not None
+    # The call and its output were read: "Sunny, 24 C." and the call's JSON at least.
+    assert second.usage.input_tokens > without_output.usage.input_tokens + 10
+
+
+def test_langchain_bind_tools_gets_a_forced_call(server: LiveServer) -> None:
+    @tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return "sunny"
+
+    options: dict[str, Any] = {
+        "base_url": f"{server.base_url}/v1",
+        "api_key": "sk-anything",
+        "model": MODEL,
+        "max_retries": 0,
+        "seed": 5,
+    }
+    chat = ChatOpenAI(**options).bind_tools([get_weather], tool_choice="get_weather")
+
+    answer = chat.invoke("What is the weather in Paris?")
+
+    assert isinstance(answer, AIMessage)
+    [call] = answer.tool_calls
+    assert call["name"] == "get_weather"
+    assert isinstance(call["args"]["city"], str)
+    assert get_weather.invoke(call["args"]) == "sunny"
+
+
+@pytest.mark.anyio
+async def test_an_agent_runs_its_function_tool_on_the_local_model(server: LiveServer) -> None:
+    set_agents_tracing_disabled(True)
+    asked: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        asked.append(city)
+        return f"Sunny in {city}."
+
+    async with openai.AsyncOpenAI(
+        base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0
+    ) as sdk:
+        agent = Agent(
+            name="weather",
+            instructions="You answer questions about the weather.",
+            model=OpenAIResponsesModel(model=MODEL, openai_client=sdk),
+            tools=[get_weather],
+            model_settings=ModelSettings(
+                tool_choice="required", parallel_tool_calls=False, temperature=0.5
+            ),
+            tool_use_behavior="stop_on_first_tool",
+        )
+        result = await Runner.run(agent, "What is the weather in Paris?")
+
+    assert len(asked) == 1
+    assert result.final_output == f"Sunny in {asked[0]}."
+
+
+# ---- what a hostile or careless client can send ----
+
+
+def _tool(name: str = "f", parameters: Any = None) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name}
+    if parameters is not None:
+        function["parameters"] = parameters
+    return {"type": "function", "function": function}
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
+REFUSED = [
+    ({"tools": [{"type": "code_interpreter"}]}, "tools[0].type"),
+    ({"tools": [{"type": "function"}]}, "tools[0].function"),
+    ({"tools": [_tool('a"]} %json {')]}, "tools[0].function.name"),
+    ({"tools": [_tool("a"), _tool("a")]}, "tools[1].function.name"),
+    ({"tools": [_tool("a", [1])]}, "tools[0].function.parameters"),
+    ({"tools": [_tool("a", {"type": "string"})]}, "tools[0].function.parameters"),
+    ({"tools": [_tool("a", {"type": "object", "$ref": "#/nope"})]}, "tools"),
+    ({"tools": [_tool("a", {"type": "object", "not": {}})]}, "tools"),
+    ({"tools": [_tool("a", {"type": "object", "x-guidance": {"lenient": 5}})]}, "tools"),
+    ({"tools": [_tool(f"t{i}") for i in range(129)]}, "tools"),
+    ({"tools": [_tool("a")], "tool_choice": "maybe"}, "tool_choice"),
+    ({"tools": [_tool("a")], "tool_choice": {"type": "function", "function": {}}}, "tool_choice"),
+    (
+        {"tools": [_tool("a")], "tool_choice": {"type": "function", "function": {"name": "b"}}},
+        "tool_choice",
+    ),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"model": "gemma-3-270m", "tools": [_tool("a")]}, "tools"),
+    ({"tools": [_tool("a", {"type": "object", "properties": {"d": _deep(60)}})]}, None),
+]
+
+
+@pytest.mark.parametrize(("extra", "param"), REFUSED)
+def test_a_bad_tool_request_is_a_400_naming_what_is_wrong(
+    server: LiveServer, extra: dict[str, Any], param: str | None
+) -> None:
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 5, **extra}
+    answer = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+    assert "%json" not in error["message"]  # our grammar stays ours
+
+
+def test_a_call_sent_back_with_arguments_that_are_not_json_is_read_as_sent(
+    client: openai.OpenAI,
+) -> None:
+    history: Any = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "[" * 500},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny."},
+    ]
+    reply = client.chat.completions.create(
+        model=MODEL, messages=history, tools=[WEATHER], tool_choice="none", max_tokens=5
+    )
+    assert reply.choices[0].message.content is not None
+
+
+def test_a_streamed_response_streams_its_function_call(client: openai.OpenAI) -> None:
+    tools: Any = [{"type": "function", **WEATHER["function"]}]
+    events = list(
+        client.responses.create(
+            model=MODEL,
+            input="What is the weather in Paris?",
+            tools=tools,
+            tool_choice="required",
+            parallel_tool_calls=False,
+            stream=True,
+        )
+    )
+    kinds = [event.type for event in events]
+    added = next(e for e in events if e.type == "response.output_item.added")
+    assert added.item.type == "function_call"
+    assert added.item.name == "get_weather"
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert len(deltas) > 1
+    assert "".join(deltas) == done.arguments
+    jsonschema.validate(json.loads(done.arguments), SCHEMAS["get_weather"])
+    assert kinds[-1] == "response.completed"
+
+
+# ---- the reader of calls, fed the grammar's output in every possible split ----
+
+PLAN = ToolPlan(functions=(), choice="auto", parallel=True)
+CALLS = (
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "Pa\\"ris}", "n": [1, {}]}}'
+    '</tool_call>\n<tool_call>{"name": "add", "arguments": {}}</tool_call>'
+)
+
+
+def _read(text: str, cuts: list[int]) -> list[Any]:
+    reader = ToolCallReader(PLAN)
+    events: list[Any] = []
+    for start, end in zip([0, *cuts], [*cuts, len(text)], strict=True):
+        events.extend(reader.feed(text[start:end]))
+    events.extend(reader.end())
+    return events
+
+
+def _joined(events: list[Any]) -> tuple[str, list[tuple[str, str]]]:
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    calls: dict[int, list[str]] = {}
+    for event in (e for e in events if isinstance(e, ToolCallDelta)):
+        call = event.call
+        if "id" in call:
+            calls[call["index"]] = [call["function"]["name"], ""]
+        calls[call["index"]][1] += call["function"]["arguments"]
+    return text, [(name, arguments) for name, arguments in calls.values()]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [CALLS, "<tool", "<b>bold</b> answer", "An answer with <tool_call> inside.", ""],
+)
+def test_the_reader_gives_the_same_calls_however_the_text_is_cut(text: str) -> None:
+    whole = _joined(_read(text, []))
+    for cut in range(len(text) + 1):
+        assert _joined(_read(text, [cut])) == whole
+    assert _joined(_read(text, list(range(1, len(text))))) == whole
+    if text.startswith("<tool_call>"):
+        assert whole == (
+            "",
+            [("get_weather", '{"city": "Pa\\"ris}", "n": [1, {}]}'), ("add", "{}")],
+        )
+    else:
+        assert whole == (text, [])

@@ -198,7 +198,9 @@ def test_a_round_trip_puts_the_result_in_the_prompt(client: openai.OpenAI) -> No
         parallel_tool_calls=False,
         seed=1,
     )
-    [call] = first.choices[0].message.tool_calls or ()
+    calls = first.choices[0].message.tool_calls
+    assert calls is not None
+    [call] = calls
     result = "It is sunny in Paris, 24 degrees."
     history = [
         *ASK,

@@ -2,7 +2,9 @@
 llama-cpp-python's OpenAI server.
 
 All three serve the same GGUF (the bundled Gemma 3 270M) with the same thread count; ours and
-llama-server with 8 slots of 512 tokens each. Every request
+llama-server with 8 slots of 512 tokens each; then ours and llama-server serve the bundled chat
+model (SmolLM2 135M Instruct) the same way, and ours measures what a forced tool call's grammar
+costs per token (``--model`` picks one part). Every request
 streams a chat completion of exactly ``--tokens`` tokens: end-of-turn tokens and the newline
 are biased away (``logit_bias``, which both servers honour), so neither server's stop strings
 end a stream early. Measured, in one run:
@@ -38,7 +40,7 @@ import httpx
 import llama_cpp
 
 from bench.harness import free_port, llama_server
-from chatbot_api.providers.llama.bundled import prepare_bundled_model
+from chatbot_api.providers.llama.bundled import bundled_chat_model_path, prepare_bundled_model
 from chatbot_api.providers.llama.native_log import route_native_logs
 from chatbot_api.providers.llama.sampling import token_piece
 
@@ -104,7 +106,8 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> 
         async for chunk in sse_data(response):
             if "error" in chunk:
                 raise RuntimeError(chunk["error"])
-            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+            delta = chunk["choices"][0]["delta"] if chunk.get("choices") else {}
+            if delta.get("content") or delta.get("tool_calls"):
                 tokens += 1
                 if not first:
                     first = time.perf_counter() - started
@@ -114,7 +117,12 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> 
 
 
 async def _measure(
-    base: str, model: str, max_tokens: int, bias: dict[str, float]
+    base: str,
+    model: str,
+    max_tokens: int,
+    bias: dict[str, float],
+    levels: tuple[int, ...] = LEVELS,
+    extra: dict[str, object] | None = None,
 ) -> dict[str, object]:
     url = f"{base}/v1/chat/completions"
     body = {
@@ -126,6 +134,7 @@ async def _measure(
         "temperature": 0.7,
         "seed": 1,
         "logit_bias": bias,
+        **(extra or {}),
     }
     results: dict[str, object] = {}
     async with httpx.AsyncClient(timeout=600, limits=FRESH_CONNECTIONS) as client:
@@ -133,7 +142,7 @@ async def _measure(
         singles = [await _one(client, url, body) for _ in range(3)]
         results["ttft_ms"] = statistics.median(s.first_token_s for s in singles) * 1000
         results["single_tps"] = statistics.median(s.decode_tokens_per_s for s in singles)
-        for level in LEVELS:
+        for level in levels:
             started = time.perf_counter()
             streams = await asyncio.gather(*(_one(client, url, body) for _ in range(level)))
             wall = time.perf_counter() - started
@@ -177,15 +186,27 @@ async def serve_and_measure(
         await process.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokens", type=int, default=128, help="tokens per stream")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args()
+#: A forced call whose one argument is a long story: the grammar holds every token of it.
+STORY_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "tell_story",
+        "description": "Tell a story.",
+        "parameters": {
+            "type": "object",
+            "properties": {"story": {"type": "string", "minLength": 4000}},
+            "required": ["story"],
+            "additionalProperties": False,
+        },
+    },
+}
+FORCED_CALL = {"tools": [STORY_TOOL], "tool_choice": "required", "parallel_tool_calls": False}
 
-    route_native_logs()
-    gguf = prepare_bundled_model(Path("data"), show_progress=True).resolve()
-    bias = _suppressed_tokens(gguf)
+
+def _ours(
+    gguf: Path, args: argparse.Namespace, bias: dict[str, float], *measures: dict[str, Any]
+) -> list[dict[str, object]]:
+    """Serve ``gguf`` with ours and run each of ``measures`` (``_measure``'s extra arguments)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
     with tempfile.TemporaryDirectory() as scratch:
         models = Path(scratch) / "models.toml"
@@ -194,7 +215,13 @@ def main() -> None:
             f"parallel = 8\ncontext_size = 512\n"
         )
         port = free_port()
-        ours = asyncio.run(
+
+        async def run_all(base: str) -> list[dict[str, object]]:
+            return [
+                await _measure(base, "bench", args.tokens, bias, **measure) for measure in measures
+            ]
+
+        return asyncio.run(
             serve_and_measure(
                 [sys.executable, "-m", "chatbot_api", "serve", "--port", str(port)],
                 port,
@@ -202,21 +229,46 @@ def main() -> None:
                     **env,
                     "CHATBOT_MODELS_FILE": str(models),
                     "CHATBOT_BUNDLED_MODEL": "false",
+                    "CHATBOT_BUNDLED_CHAT_MODEL": "false",
                     "CHATBOT_LOG_LEVEL": "WARNING",
                 },
-                _measure,
-                "bench",
-                args.tokens,
-                bias,
+                run_all,
             )
         )
+
+
+def _llama_server(
+    gguf: Path, args: argparse.Namespace, bias: dict[str, float], levels: tuple[int, ...]
+) -> dict[str, object]:
     port = free_port()
     command, server_env = llama_server(
         gguf, port, threads=args.threads, parallel=8, context_per_slot=512
     )
-    llama_cpp_server = asyncio.run(
-        serve_and_measure(command, port, server_env, _measure, "bench", args.tokens, bias)
+    return asyncio.run(
+        serve_and_measure(command, port, server_env, _measure, "bench", args.tokens, bias, levels)
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per stream")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--model", choices=("gemma", "smollm2", "both"), default="both")
+    args = parser.parse_args()
+
+    route_native_logs()
+    if args.model in ("gemma", "both"):
+        _gemma(args)
+    if args.model in ("smollm2", "both"):
+        _smollm2(args)
+
+
+def _gemma(args: argparse.Namespace) -> None:
+    gguf = prepare_bundled_model(Path("data"), show_progress=True).resolve()
+    bias = _suppressed_tokens(gguf)
+    [ours] = _ours(gguf, args, bias, {})
+    llama_cpp_server = _llama_server(gguf, args, bias, LEVELS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
     port = free_port()
     theirs = asyncio.run(
         serve_and_measure(
@@ -248,6 +300,41 @@ def main() -> None:
         )
     )
     _report(ours, llama_cpp_server, theirs, args.tokens, args.threads, gguf)
+
+
+CHAT_LEVELS = (1, 4, 8)
+
+
+def _smollm2(args: argparse.Namespace) -> None:
+    """The chat model against llama-server, and a forced tool call's grammar against none."""
+    gguf = bundled_chat_model_path()
+    bias = _suppressed_tokens(gguf)
+    free, forced = _ours(
+        gguf,
+        args,
+        bias,
+        {"levels": CHAT_LEVELS},
+        {"levels": CHAT_LEVELS, "extra": FORCED_CALL},
+    )
+    server = _llama_server(gguf, args, bias, CHAT_LEVELS)
+    print(f"\nmodel: {gguf.name}; {args.threads} threads; {args.tokens} tokens per stream\n")
+    print(f"{'measure':<34} {'ours':>8} {'llama-server':>13} {'ratio':>6}")
+    rows = [("single stream decode tokens/s", "single_tps"), ("single stream TTFT ms", "ttft_ms")]
+    rows += [(f"aggregate tokens/s, {n} streams", f"agg_{n}") for n in CHAT_LEVELS]
+    for label, key in rows:
+        a, b = _number(free[key]), _number(server[key])
+        print(f"{label:<34} {a:>8.1f} {b:>13.1f} {a / b:>6.2f}")
+    print("\na forced tool call (its grammar holds every token) against free text, ours:\n")
+    print(f"{'measure':<34} {'free':>8} {'forced':>8} {'ratio':>6} {'cost ms/token':>14}")
+    for label, key in rows:
+        a, b = _number(free[key]), _number(forced[key])
+        cost = f"{1000 / b - 1000 / a:>14.2f}" if "tokens/s" in label else ""
+        print(f"{label:<34} {a:>8.1f} {b:>8.1f} {b / a:>6.2f} {cost}")
+
+
+def _number(value: object) -> float:
+    assert isinstance(value, float)
+    return value
 
 
 def _report(

@@ -334,7 +334,9 @@ def test_prompt_plus_max_tokens_over_the_context_is_400(sdk: openai.OpenAI) -> N
     assert caught.value.code == "context_length_exceeded"
 
 
-def test_tools_are_refused_not_dropped(sdk: openai.OpenAI) -> None:
+def test_tools_on_a_model_without_a_chat_template_are_refused_not_dropped(
+    sdk: openai.OpenAI,
+) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.chat.completions.create(
             model=MODEL,
@@ -343,6 +345,7 @@ def test_tools_are_refused_not_dropped(sdk: openai.OpenAI) -> None:
         )
 
     assert caught.value.param == "tools"
+    assert "chat template" in caught.value.message
 
 
 def test_bad_schema_and_bias_are_400(sdk: openai.OpenAI) -> None:

@@ -87,7 +87,9 @@ def test_input_tokens_are_counted_by_the_models_tokenizer(sdk: openai.OpenAI) ->
     assert counted.input_tokens == response.usage.input_tokens
 
 
-def test_function_tools_on_a_local_model_are_refused_by_name(sdk: openai.OpenAI) -> None:
+def test_function_tools_on_a_model_without_a_chat_template_are_refused_by_name(
+    sdk: openai.OpenAI,
+) -> None:
     tool = {
         "type": "function",
         "name": "get_weather",

@@ -78,9 +78,21 @@ class ChatCompletionRequest(BaseModel):
 
     # Honoured only by providers that declare support; otherwise a 400 naming the parameter.
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    tools: list[dict[str, Any]] | None = Field(
+        default=None,
+        description=(
+            "Functions the model may call (type 'function'). Served by 'openai' upstreams and "
+            "by local models with a chat template, whose calls a grammar holds to each "
+            "function's 'parameters' schema; other models answer 400."
+        ),
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None,
+        description="'none', 'auto' (default with tools), 'required' or a named function.",
+    )
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="false: at most one call in a reply."
+    )
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +25,17 @@ from langchain_openai import ChatOpenAI
 
 from chatbot_api.app import create_app
 from chatbot_api.providers.base import TextDelta, ToolCallDelta
-from chatbot_api.providers.llama.tools import ToolCallReader, ToolPlan
+from chatbot_api.providers.llama.bundled import bundled_chat_model_path
+from chatbot_api.providers.llama.prompt import TemplatePrompter
+from chatbot_api.providers.llama.tools import (
+    ToolCallReader,
+    ToolPlan,
+    plan_tools,
+    prompt_messages,
+    template_tools,
+)
+from chatbot_api.schemas.chat import ChatCompletionRequest
+from chatbot_api.services.requests import build_generation_request
 from tests.conftest import make_settings
 from tests.servers import LiveServer
 
@@ -74,10 +85,68 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
+#: A chat template that renders tools itself, in the Hermes syntax (as Qwen's and Hermes'
+#: do), written for these tests: ChatML, the tools in the system turn, calls in
+#: ``<tool_call>`` blocks, results in ``<tool_response>`` blocks of a user turn.
+HERMES_TEMPLATE = """\
+{%- set system = messages[0].content if messages[0].role == 'system' else '' -%}
+{%- if tools -%}
+<|im_start|>system
+{% if system %}{{ system }}
+
+{% endif %}# Tools
+
+You may call one or more functions. Their signatures are within <tools></tools>:
+<tools>
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}</tools>
+
+For each call, write a JSON object with the function's name and arguments in <tool_call> tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{% elif system -%}
+<|im_start|>system
+{{ system }}<|im_end|>
+{% endif -%}
+{%- for message in messages -%}
+{%- if message.role == 'system' -%}
+{%- elif message.role == 'tool' -%}
+<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% elif message.role == 'assistant' and message.tool_calls -%}
+<|im_start|>assistant
+{% if message.content %}{{ message.content }}
+{% endif %}{% for call in message.tool_calls %}<tool_call>
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
+</tool_call>{% endfor %}<|im_end|>
+{% else -%}
+<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif -%}
+"""
+#: The same model with that template in place of its own.
+HERMES = "smollm2-hermes"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[LiveServer]:
+    folder = tmp_path_factory.mktemp("tools")
+    (folder / "hermes.jinja").write_text(HERMES_TEMPLATE)
+    (folder / "models.toml").write_text(
+        f'[models.{HERMES}]\nprovider = "llama_cpp"\npath = "{bundled_chat_model_path()}"\n'
+        f'chat_template_file = "{folder / "hermes.jinja"}"\nparallel = 2\n'
+    )
     settings = make_settings(
-        bundled_chat_model=True, bundled_model=True, data_dir=tmp_path_factory.mktemp("tools")
+        bundled_chat_model=True,
+        bundled_model=True,
+        data_dir=data_dir,
+        models_file=folder / "models.toml",
     )
     with LiveServer(create_app(settings)) as live:
         yield live
@@ -444,8 +513,8 @@ def test_a_streamed_response_streams_its_function_call(client: openai.OpenAI) ->
 
 PLAN = ToolPlan(functions=(), choice="auto", parallel=True)
 CALLS = (
-    '<tool_call>{"name": "get_weather", "arguments": {"city": "Pa\\"ris}", "n": [1, {}]}}'
-    '</tool_call>\n<tool_call>{"name": "add", "arguments": {}}</tool_call>'
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa\\"ris}", "n": [1, {}]}}\n'
+    '</tool_call>\n<tool_call>\n{"name": "add", "arguments": {}}\n</tool_call>'
 )
 
 
@@ -485,3 +554,86 @@ def test_the_reader_gives_the_same_calls_however_the_text_is_cut(text: str) -> N
         )
     else:
         assert whole == (text, [])
+
+
+# ---- a template with its own tool syntax, and one without ----
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+HISTORY: Any = [
+    {"role": "system", "content": "Be brief."},
+    *ASK,
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 C."},
+]
+WRITTEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def _rendered(template: str) -> tuple[bool, str]:
+    request = ChatCompletionRequest.model_validate(
+        {"model": MODEL, "messages": HISTORY, "tools": TOOLS}
+    )
+    generation = build_generation_request(request)
+    plan = plan_tools(request)
+    prompter = TemplatePrompter(template, bos_token="", eos_token="<|im_end|>")
+    if prompter.renders_tools:
+        return True, prompter(generation.messages, template_tools(plan)).text
+    return False, prompter(prompt_messages(generation.messages, plan)).text
+
+
+def test_a_template_with_the_hermes_syntax_renders_tools_calls_and_results_itself() -> None:
+    native, text = _rendered(HERMES_TEMPLATE)
+    assert native
+    assert "# Tools" in text  # the template's own words, not our instruction
+    assert "You can call functions" not in text
+    assert '"name": "book_table"' in text
+    assert WRITTEN_CALL in text
+    assert "<tool_response>\nSunny, 24 C.\n</tool_response>" in text
+
+
+def test_a_template_without_tools_gets_them_in_the_system_message() -> None:
+    native, text = _rendered(CHATML)
+    assert not native
+    system = text.split("<|im_end|>")[0]
+    assert system.startswith("<|im_start|>system\nBe brief.\n\nYou can call functions")
+    assert '"name": "book_table"' in system
+    assert WRITTEN_CALL in text  # the earlier call, as the model would write it
+    assert "<|im_start|>user\n<tool_response>\nSunny, 24 C.\n</tool_response>" in text
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_model_whose_template_has_tools_makes_valid_calls(
+    client: openai.OpenAI, seed: int
+) -> None:
+    reply = client.chat.completions.create(
+        model=HERMES, messages=ASK, tools=TOOLS, tool_choice="required", seed=seed
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason in ("tool_calls", "length")
+    calls = choice.message.tool_calls or []
+    _valid_calls(calls if choice.finish_reason == "tool_calls" else calls[:-1] or calls[:1])
+
+
+def test_a_round_trip_on_a_template_with_tools(client: openai.OpenAI) -> None:
+    final = client.chat.completions.create(
+        model=HERMES, messages=HISTORY, tools=TOOLS, tool_choice="none", max_tokens=30
+    )
+    again = client.chat.completions.create(
+        model=HERMES, messages=HISTORY[:-1], tools=TOOLS, tool_choice="none", max_tokens=1
+    )
+    assert final.choices[0].message.content
+    assert final.usage is not None
+    assert again.usage is not None
+    assert final.usage.prompt_tokens > again.usage.prompt_tokens + 5

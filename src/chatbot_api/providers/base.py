@@ -61,6 +61,8 @@ class PromptMessage:
     text: str
     #: An assistant turn's tool calls.
     tool_calls: tuple[PromptToolCall, ...] = ()
+    #: A tool result's call.
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,13 @@ from __future__ import annotations
 from chatbot_api.errors import InvalidRequestError, UnsupportedParameterError
 from chatbot_api.providers.base import GenerationRequest, PromptMessage, PromptToolCall
 from chatbot_api.schemas.chat import ChatCompletionRequest
-from chatbot_api.schemas.messages import AssistantMessage, ChatMessage, MediaPart, message_text
+from chatbot_api.schemas.messages import (
+    AssistantMessage,
+    ChatMessage,
+    MediaPart,
+    ToolMessage,
+    message_text,
+)
 
 __all__ = ["build_generation_request", "check_supported", "requested_parameters"]
 
@@ -93,6 +99,8 @@ def build_generation_request(
 
 def _prompt_message(message: ChatMessage) -> PromptMessage:
     text = message_text(message.content)
+    if isinstance(message, ToolMessage):
+        return PromptMessage(message.role, text, tool_call_id=message.tool_call_id)
     if not isinstance(message, AssistantMessage):
         return PromptMessage(message.role, text)
     calls = [

@@ -20,6 +20,10 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: Chat templates run to a few kilobytes; this is far beyond any.
+_MAX_TEMPLATE_BYTES = 1024 * 1024
+
+
 class LlamaCppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,6 +64,13 @@ class LlamaCppConfig(BaseModel):
             "file has one."
         ),
     )
+    chat_template_file: FilePath | None = Field(
+        default=None,
+        description=(
+            "A Jinja chat template (UTF-8) to use instead of the one embedded in the GGUF, as "
+            "llama.cpp's `--chat-template-file`."
+        ),
+    )
     max_tokens: int = Field(
         default=256, ge=1, description="Generation length when a request does not set one."
     )
@@ -87,6 +98,18 @@ class LlamaCppConfig(BaseModel):
         ge=1,
         description="Schemas that may be compiling at once; beyond, 503 `server_overloaded`.",
     )
+
+    @field_validator("chat_template_file")
+    @classmethod
+    def _a_template(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            if path.stat().st_size > _MAX_TEMPLATE_BYTES:
+                raise ValueError(f"{path} is larger than {_MAX_TEMPLATE_BYTES} bytes")
+            try:
+                path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path} is not UTF-8 text") from None
+        return path
 
     @field_validator("path")
     @classmethod

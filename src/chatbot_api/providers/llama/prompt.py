@@ -21,7 +21,7 @@ import jinja2.ext
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from chatbot_api.providers.base import PromptMessage
+from chatbot_api.providers.base import PromptMessage, PromptToolCall
 
 __all__ = ["Prompt", "TemplatePrompter", "TemplateRefusedError", "TranscriptPrompter"]
 
@@ -81,6 +81,37 @@ def _strftime_now(format_: str) -> str:
     return datetime.now().strftime(format_)
 
 
+_PROBE_TOOL = "probe_tool_8c41"
+_PROBE_CALL = "probe_call_2f7d"
+_PROBE_RESULT = "probe_result_93ab"
+
+
+def _arguments(text: str) -> Any:
+    """A call's arguments as Hugging Face's templates take them: an object when they are
+    one, else the text as the client sent it."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's limit
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def _template_message(message: PromptMessage) -> dict[str, Any]:
+    rendered: dict[str, Any] = {"role": message.role, "content": message.text}
+    if message.tool_calls:
+        rendered["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": _arguments(call.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        rendered["tool_call_id"] = message.tool_call_id
+    return rendered
+
+
 class TemplatePrompter:
     """Renders a GGUF's chat template; a template that does not compile stops start-up."""
 
@@ -93,16 +124,47 @@ class TemplatePrompter:
         self._bos = bos_token
         self._eos = eos_token
 
-    def __call__(self, messages: Sequence[PromptMessage]) -> Prompt:
-        """Raises :class:`jinja2.TemplateError` when the template cannot render ``messages``."""
-        text = self._template.render(
-            messages=[{"role": m.role, "content": m.text} for m in messages],
+        self.renders_tools = self._renders_tools()
+
+    def _renders_tools(self) -> bool:
+        """Whether the template writes tools, calls and results itself, calls in the Hermes
+        syntax (``<tool_call>``) that :mod:`.tools` reads back: rendered once with a probe."""
+        tool = {"type": "function", "function": {"name": _PROBE_TOOL, "parameters": {}}}
+        call = PromptToolCall("call_probe", _PROBE_CALL, "{}")
+        history = [
+            PromptMessage("user", "?"),
+            PromptMessage("assistant", "", tool_calls=(call,)),
+            PromptMessage("tool", _PROBE_RESULT, tool_call_id="call_probe"),
+        ]
+        try:
+            offered = self._render([PromptMessage("user", "?")], [tool])
+            answered = self._render(history, [tool])
+        except Exception:
+            return False
+        return (
+            _PROBE_TOOL in offered
+            and "<tool_call>" in offered
+            and _PROBE_CALL in answered
+            and _PROBE_RESULT in answered
+        )
+
+    def _render(self, messages: Sequence[PromptMessage], tools: list[dict[str, Any]] | None) -> str:
+        return self._template.render(
+            messages=[_template_message(m) for m in messages],
+            tools=tools,
             bos_token=self._bos,
             eos_token=self._eos,
             add_generation_prompt=True,
             raise_exception=_raise_exception,
             strftime_now=_strftime_now,
         )
+
+    def __call__(
+        self, messages: Sequence[PromptMessage], tools: list[dict[str, Any]] | None = None
+    ) -> Prompt:
+        """Raises :class:`jinja2.TemplateError` when the template cannot render ``messages``.
+        ``tools`` only for a template that :attr:`renders_tools`."""
+        text = self._render(messages, tools)
         return Prompt(
             text,
             (self._eos,) if self._eos else (),

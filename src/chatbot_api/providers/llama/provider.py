@@ -62,6 +62,7 @@ from chatbot_api.providers.llama.tools import (
     ToolPlan,
     plan_tools,
     prompt_messages,
+    template_tools,
 )
 
 __all__ = ["LlamaCppProvider"]
@@ -179,7 +180,10 @@ class LlamaCppProvider:
                 param="tools",
             )
         try:
-            prompt = self._prompter(prompt_messages(request.messages, plan))
+            if isinstance(self._prompter, TemplatePrompter) and self._prompter.renders_tools:
+                prompt = self._prompter(request.messages, template_tools(plan))
+            else:
+                prompt = self._prompter(prompt_messages(request.messages, plan))
         except TemplateError as exc:
             raise InvalidRequestError(
                 f"The model's chat template cannot render these messages: {exc}",

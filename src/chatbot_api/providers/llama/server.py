@@ -118,7 +118,11 @@ class EngineServer:
             on_stats=self._stats_from_decode_thread,
             on_fatal=self._fatal,
         )
-        template = self.engine.chat_template()
+        template_file = self.config.chat_template_file
+        if template_file is not None:
+            template: str | None = template_file.read_text(encoding="utf-8")
+        else:
+            template = self.engine.chat_template()
         if self.config.prompt_format == "template" and not template:
             self.engine.close()
             raise ValueError("prompt_format is 'template' but the GGUF file has no chat template")

@@ -1,11 +1,14 @@
 """Tool calls on local models: the tools in the prompt, a grammar for the calls, calls read back.
 
-Every call is written the same way, whatever the model: one block per call,
-``<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>``, blocks
-separated by a newline. The prompt describes the tools and this syntax in the system message
-(a generic instruction, as llama.cpp's server uses for templates whose tool syntax it does not
-know); earlier calls are written back in the same syntax and tool results as
-``<tool_response>`` blocks in a user turn, so that any chat template can render them.
+Every call is written the same way, whatever the model, in the Hermes syntax: one block per
+call, ``<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>``,
+blocks separated by a newline. A chat template that renders tools in that syntax itself is
+given the tools, the earlier calls and the tool results as Hugging Face's templates take them
+(``TemplatePrompter.renders_tools``). For any other template the prompt describes the tools and
+the syntax in the system message (a generic instruction, as llama.cpp's server uses for
+templates whose tool syntax it does not know); earlier calls are written back in the same
+syntax and tool results as ``<tool_response>`` blocks in a user turn, so that any template
+can render them.
 
 The grammar (llguidance's Lark, with each function's ``parameters`` inlined as a JSON schema)
 lets the model write only a known function's name and arguments that validate against its
@@ -40,6 +43,7 @@ __all__ = [
     "ToolPlan",
     "plan_tools",
     "prompt_messages",
+    "template_tools",
 ]
 
 #: OpenAI's own limit on ``tools``.
@@ -48,10 +52,12 @@ MAX_TOOLS = 128
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _OPEN = "<tool_call>"
 _CLOSE = "</tool_call>"
-#: What the grammar writes before a call's name, between name and arguments, and after them.
-_BEFORE_NAME = _OPEN + '{"name": "'
+#: What the grammar writes before a call's name, between name and arguments, and after them:
+#: the Hermes syntax (Qwen 2.5 and 3, Hermes, SmolLM3), so that templates written for it
+#: render calls the way the model writes them.
+_BEFORE_NAME = _OPEN + '\n{"name": "'
 _BEFORE_ARGUMENTS = '", "arguments": '
-_AFTER_ARGUMENTS = "}" + _CLOSE
+_AFTER_ARGUMENTS = "}\n" + _CLOSE
 #: Between two calls of one reply.
 _BETWEEN = "\n"
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -91,10 +97,10 @@ class ToolPlan:
             )
             for f in self.functions
         )
-        example = _BEFORE_NAME + 'function name", "arguments": {"argument": "value"}' + "}"
+        example = _written_call("function name", '{"argument": "value"}')
         how = (
             f"To call a function, reply with a {_OPEN}{_CLOSE} block holding a JSON object "
-            f"with the function's name and arguments:\n{example}{_CLOSE}"
+            f"with the function's name and arguments:\n{example}"
         )
         if self.parallel:
             how += "\nTo call several functions, write one block per call, one per line."
@@ -226,6 +232,23 @@ def _named(choice: object) -> str | None:
 def _written_call(name: str, arguments: str) -> str:
     """A call as the model writes one, its arguments as the client sent them back."""
     return f"{_BEFORE_NAME}{name}{_BEFORE_ARGUMENTS}{arguments}{_AFTER_ARGUMENTS}"
+
+
+def template_tools(plan: ToolPlan | None) -> list[dict[str, Any]] | None:
+    """The tools as a chat template that renders them takes them (OpenAI's shape)."""
+    if plan is None:
+        return None
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": f.name,
+                **({"description": f.description} if f.description else {}),
+                "parameters": f.parameters,
+            },
+        }
+        for f in plan.functions
+    ]
 
 
 def prompt_messages(

@@ -637,3 +637,18 @@ def test_a_round_trip_on_a_template_with_tools(client: openai.OpenAI) -> None:
     assert final.usage is not None
     assert again.usage is not None
     assert final.usage.prompt_tokens > again.usage.prompt_tokens + 5
+
+
+def test_stop_strings_do_not_cut_a_forced_call(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        stop=["}", '"', "\n"],
+        seed=2,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    _valid_calls(choice.message.tool_calls)

@@ -197,7 +197,9 @@ class LlamaCppProvider:
                 answer = json.loads(grammar.schema) if grammar.schema else {"type": "object"}
             grammar = GrammarSpec("lark", plan.grammar(answer), param="tools")
         # Under a grammar the output is JSON, which may hold the transcript's blank lines.
-        stops = [*request.stop, *self.config.stop]
+        # Stop strings end answers, not calls: a reply that can only be calls has none.
+        forced = plan is not None and plan.choice == "required"
+        stops = [] if forced else [*request.stop, *self.config.stop]
         if grammar is None:
             stops.extend(prompt.stops)
         return Generate(
@@ -236,7 +238,7 @@ class LlamaCppProvider:
                 if reader is not None:
                     for event in reader.end():
                         yield event
-                    if reader.calls and reason == "stop":
+                    if reader.finished_calls and reason == "stop":
                         reason = "tool_calls"
                 yield Finish(reason)
                 yield Usage(answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens)

@@ -323,6 +323,12 @@ class ToolCallReader:
         self._name: list[str] | None = []
         self._arguments: _Arguments | None = None
         self.calls = 0
+        self._closed = 0
+
+    @property
+    def finished_calls(self) -> bool:
+        """The reply is calls, and none was cut off (by a stop string or the length limit)."""
+        return self.calls > 0 and self._closed == self.calls
 
     def feed(
         self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None
@@ -374,6 +380,7 @@ class ToolCallReader:
                 events.append(self._piece(text[:taken]))
                 text = text[taken:]
                 if self._arguments.depth == 0:
+                    self._closed += 1
                     self._arguments = None
                     self._name = []
                     self._skip = len(_AFTER_ARGUMENTS) + len(_BETWEEN) + len(_BEFORE_NAME)

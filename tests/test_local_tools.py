@@ -431,9 +431,16 @@ REFUSED = [
     ({"tools": [_tool("a"), _tool("a")]}, "tools[1].function.name"),
     ({"tools": [_tool("a", [1])]}, "tools[0].function.parameters"),
     ({"tools": [_tool("a", {"type": "string"})]}, "tools[0].function.parameters"),
-    ({"tools": [_tool("a", {"type": "object", "$ref": "#/nope"})]}, "tools"),
-    ({"tools": [_tool("a", {"type": "object", "not": {}})]}, "tools"),
-    ({"tools": [_tool("a", {"type": "object", "x-guidance": {"lenient": 5}})]}, "tools"),
+    ({"tools": [_tool("a", {"type": "object", "$ref": "#/nope"})]}, "tools[0].function.parameters"),
+    ({"tools": [_tool("a"), _tool("b", {"not": {}})]}, "tools[1].function.parameters"),
+    (
+        {"tools": [_tool("a", {"type": "object", "x-guidance": {"lenient": 5}})]},
+        "tools[0].function.parameters",
+    ),
+    (
+        {"tools": [{"type": "function", "function": {"name": "a", "description": 5}}]},
+        "tools[0].function.description",
+    ),
     ({"tools": [_tool(f"t{i}") for i in range(129)]}, "tools"),
     ({"tools": [_tool("a")], "tool_choice": "maybe"}, "tool_choice"),
     ({"tools": [_tool("a")], "tool_choice": {"type": "function", "function": {}}}, "tool_choice"),
@@ -652,3 +659,56 @@ def test_stop_strings_do_not_cut_a_forced_call(client: openai.OpenAI) -> None:
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
     _valid_calls(choice.message.tool_calls)
+
+
+def test_a_schema_error_names_its_tool_and_keeps_its_reason(server: LiveServer) -> None:
+    bad = {"type": "object", "properties": {"code": {"type": "string", "pattern": "(["}}}
+    body = {
+        "model": MODEL,
+        "messages": ASK,
+        "tools": [WEATHER, _tool("lookup", bad)],
+        "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+    }
+    answer = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "tools[1].function.parameters"
+    assert "unclosed character class" in error["message"]
+    assert "fn_0" not in error["message"]
+
+
+def test_a_tools_error_in_responses_names_the_field_as_responses_has_it(
+    server: LiveServer,
+) -> None:
+    body = {
+        "model": MODEL,
+        "input": "Weather?",
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "string"}}],
+    }
+    answer = httpx.post(f"{server.base_url}/v1/responses", json=body, timeout=60)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "tools[0].parameters"
+
+
+def test_a_schemas_own_separators_cannot_break_the_calls(client: openai.OpenAI) -> None:
+    parameters = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+        "additionalProperties": False,
+        "x-guidance": {"item_separator": "}", "key_separator": '"', "whitespace_flexible": True},
+    }
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": parameters}}],
+        tool_choice="required",
+        seed=1,
+        max_tokens=60,
+    )
+    calls: list[Any] = reply.choices[0].message.tool_calls or []
+    complete = calls if reply.choices[0].finish_reason == "tool_calls" else calls[:-1]
+    assert complete
+    for call in complete:
+        assert call.function.name == "f"
+        assert set(json.loads(call.function.arguments)) == {"a", "b"}

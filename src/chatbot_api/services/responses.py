@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ Item = dict[str, Any]
 _INCLUDABLE = frozenset({"message.output_text.logprobs"})
 
 #: Chat parameter names as the Responses API spells them, for the errors clients read.
+_CHAT_TOOL_FIELD = re.compile(r"^(tools\[\d+\])\.function\.")
 _PARAMS = {
     "response_format": "text.format",
     "verbosity": "text.verbosity",
@@ -109,6 +111,11 @@ def _renamed(exc: ChatbotAPIError) -> ChatbotAPIError:
     """``exc`` with the chat parameter it names spelled as the Responses API does."""
     param = exc.param
     if param is None:
+        return exc
+    # A chat tool nests its function under "function"; a Responses tool is the function.
+    flat = _CHAT_TOOL_FIELD.sub(r"\1.", param)
+    if flat != param:
+        exc.param = flat
         return exc
     name = param.partition(".")[0].split("[", 1)[0]
     if name not in _PARAMS:

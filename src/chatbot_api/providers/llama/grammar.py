@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 #: llguidance's limits, with error messages that do not dump the parser's state.
 _LIMITS = llguidance.LLParserLimits(verbose_errors=False)
-_LARK_PLACE = re.compile(r"^at \d+\(\d+\): ")
+_LARK_PLACE = re.compile(r"^at (\d+)\(\d+\): ")
+#: A line of the grammar quoted in an error ("  4 | fn_0: ...") or the caret under it.
+_LARK_CONTEXT = re.compile(r"^\s*(\d+ \||\^)")
 _ANY_OBJECT = '{"type":"object"}'
 
 
@@ -141,7 +143,9 @@ class GrammarCompiler:
         Raises :class:`GrammarError` for a schema that cannot be compiled or takes longer than
         the budget to compile, and 503 when too many schemas are compiling already.
         """
-        key = hashlib.sha256(f"{spec.kind}\0{spec.schema}".encode()).hexdigest()
+        # The parameters are in the key too: a cached refusal names the request's own.
+        named = f"{spec.param}\0{sorted(spec.rule_params.items())}"
+        key = hashlib.sha256(f"{spec.kind}\0{spec.schema}\0{named}".encode()).hexdigest()
         cached = self._cache.get(key)
         if cached is None:
             cached = await self._compile(key, spec)
@@ -231,9 +235,23 @@ def _build(spec: GrammarSpec, tokenizer: llguidance.LLTokenizer) -> llguidance.L
     # prototype start fast.
     matcher.compute_bitmask()
     if matcher.is_error():
-        message = matcher.get_error()
+        message, param = matcher.get_error(), spec.param
         if spec.kind == "lark":
-            # "at 4(7): <reason>" and then the grammar around the fault, which is ours.
-            message = _LARK_PLACE.sub("", message.strip().splitlines()[0])
-        raise GrammarError(_first_line(message), spec.param)
+            message, param = _lark_error(message, spec)
+        raise GrammarError(_first_line(message), param)
     return matcher
+
+
+def _lark_error(message: str, spec: GrammarSpec) -> tuple[str, str]:
+    """llguidance's "at 4(7): <reason>", then the grammar around the fault (which is ours,
+    not the client's): the reason alone, and the parameter the faulty rule came from."""
+    place = _LARK_PLACE.match(message.strip())
+    param = spec.param
+    if place is not None:
+        lines = spec.schema.splitlines()
+        line = int(place.group(1)) - 1
+        rule = lines[line].partition(":")[0] if 0 <= line < len(lines) else ""
+        param = spec.rule_params.get(rule, param)
+        message = message.strip()[place.end() :]
+    reason = [text for text in message.splitlines() if not _LARK_CONTEXT.match(text)]
+    return "\n".join(reason), param

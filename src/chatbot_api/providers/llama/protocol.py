@@ -75,8 +75,10 @@ class GrammarSpec(msgspec.Struct, frozen=True):
 
     kind: str
     schema: str
-    #: The request parameter the grammar came from, named in its errors.
+    #: The request parameter the grammar came from, named in its errors...
     param: str = "response_format"
+    #: ... or, for an error in one rule of a ``lark`` grammar, the parameter that rule names.
+    rule_params: dict[str, str] = {}
 
 
 class Generate(msgspec.Struct, frozen=True, tag=True):

@@ -195,7 +195,9 @@ class LlamaCppProvider:
             answer = None
             if grammar is not None:
                 answer = json.loads(grammar.schema) if grammar.schema else {"type": "object"}
-            grammar = GrammarSpec("lark", plan.grammar(answer), param="tools")
+            grammar = GrammarSpec(
+                "lark", plan.grammar(answer), param="tools", rule_params=plan.rule_params()
+            )
         # Under a grammar the output is JSON, which may hold the transcript's blank lines.
         # Stop strings end answers, not calls: a reply that can only be calls has none.
         forced = plan is not None and plan.choice == "required"

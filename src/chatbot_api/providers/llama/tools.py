@@ -65,6 +65,8 @@ _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 @dataclass(frozen=True, slots=True)
 class Function:
+    #: Its place in the request's ``tools``.
+    index: int
     name: str
     description: str | None
     parameters: dict[str, Any]
@@ -115,6 +117,12 @@ class ToolPlan:
             f"schema of its arguments:\n<tools>\n{listing}\n</tools>\n\n{how}\n{when}"
         )
 
+    def rule_params(self) -> dict[str, str]:
+        """Which parameter each function's rule in :meth:`grammar` comes from, for errors."""
+        return {
+            f"fn_{i}": f"tools[{f.index}].function.parameters" for i, f in enumerate(self.functions)
+        }
+
     def grammar(self, answer_schema: dict[str, Any] | None) -> str:
         """The reply's grammar in llguidance's Lark. ``answer_schema``: the JSON schema an
         answer (under ``auto``) must follow, from ``response_format``; None: free text."""
@@ -132,15 +140,27 @@ class ToolPlan:
             # Any text that does not begin a call (a lexeme may not be empty, hence the "?").
             answer = ["answer: TEXT?", f"TEXT: /(.|\\n)+/ & ~/{re.escape(_OPEN)}(.|\\n)*/"]
         else:
-            answer = [f"answer: %json {_with_options(answer_schema, 'response_format')}"]
+            schema = _with_options(answer_schema, "response_format", layout_ours=False)
+            answer = [f"answer: %json {schema}"]
         return "\n".join(["start: answer | calls", *answer, *lines])
 
 
-def _with_options(schema: dict[str, Any], param: str) -> str:
-    """``schema`` as compact JSON, written with the same options as ``response_format``'s
-    (a schema's own ``x-guidance`` wins)."""
-    own = schema.get("x-guidance")
-    options = {**JSON_OPTIONS, **(own if isinstance(own, dict) else {})}
+#: ``x-guidance`` keys that change how JSON is written: in a call's arguments, ours hold,
+#: since the reader finds where the arguments end by their syntax.
+_LAYOUT = frozenset(
+    {"whitespace_flexible", "whitespace_pattern", "item_separator", "key_separator"}
+)
+
+
+def _with_options(schema: dict[str, Any], param: str, *, layout_ours: bool = True) -> str:
+    """``schema`` as compact JSON, written with the same options as ``response_format``'s.
+    A schema's own ``x-guidance`` wins, except (``layout_ours``) on where white space and
+    separators go."""
+    given = schema.get("x-guidance")
+    own = dict(given) if isinstance(given, dict) else {}
+    if layout_ours:
+        own = {k: v for k, v in own.items() if k not in _LAYOUT}
+    options = {**JSON_OPTIONS, **own}
     return compact_schema({**schema, "x-guidance": options}, param)
 
 
@@ -166,7 +186,9 @@ def _function(i: int, tool: Any) -> Function:
         )
     description = spec.get("description")
     if description is not None and not isinstance(description, str):
-        raise _invalid("Invalid 'description': expected a string.", f"tools[{i}].function")
+        raise _invalid(
+            "Invalid 'description': expected a string.", f"tools[{i}].function.description"
+        )
     parameters = spec.get("parameters")
     where = f"tools[{i}].function.parameters"
     if parameters is None:
@@ -178,7 +200,7 @@ def _function(i: int, tool: Any) -> Function:
     if kind != "object":
         raise schema_error(f"a function's parameters must be of type 'object', not {kind!r}", where)
     parameters = {**parameters, "type": "object"}
-    return Function(name, description, parameters, _with_options(parameters, where))
+    return Function(i, name, description, parameters, _with_options(parameters, where))
 
 
 def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:

@@ -71,3 +71,24 @@ def test_bad_files_name_the_file_model_and_key(tmp_path: Path, text: str, expect
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ModelsFileError, match="cannot be read"):
         load_model_specs(make_settings(models_file=tmp_path / "absent.toml"))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"\xff\xfe{{ messages }}", "is not UTF-8 text"), (b"x" * (1024 * 1024 + 1), "is larger")],
+)
+def test_a_chat_template_file_that_is_no_template_is_named(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    template = tmp_path / "template.jinja"
+    template.write_bytes(content)
+    path = _write(
+        tmp_path,
+        f'[models."a"]\nprovider = "llama_cpp"\nchat_template_file = "{template}"\n',
+    )
+
+    with pytest.raises(ModelsFileError) as caught:
+        load_model_specs(make_settings(models_file=path))
+
+    assert "model 'a': key 'chat_template_file'" in str(caught.value)
+    assert expected in str(caught.value)

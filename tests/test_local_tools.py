@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import jsonschema
+import llama_cpp
 import openai
 import pytest
 from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool
@@ -585,12 +586,29 @@ HISTORY: Any = [
     },
     {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 C."},
 ]
+TWO_RESULTS: Any = [
+    *HISTORY[:2],
+    {
+        "role": "assistant",
+        "content": "Both cities.",
+        "tool_calls": [
+            {
+                "id": f"call_{city}",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+            }
+            for city in ("Paris", "Lyon")
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_Paris", "content": "Sunny."},
+    {"role": "tool", "tool_call_id": "call_Lyon", "content": "Rain."},
+]
 WRITTEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
 
-def _rendered(template: str) -> tuple[bool, str]:
+def _rendered(template: str, messages: Any = HISTORY) -> tuple[bool, str]:
     request = ChatCompletionRequest.model_validate(
-        {"model": MODEL, "messages": HISTORY, "tools": TOOLS}
+        {"model": MODEL, "messages": messages, "tools": TOOLS}
     )
     generation = build_generation_request(request)
     plan = plan_tools(request)
@@ -712,3 +730,100 @@ def test_a_schemas_own_separators_cannot_break_the_calls(client: openai.OpenAI) 
     for call in complete:
         assert call.function.name == "f"
         assert set(json.loads(call.function.arguments)) == {"a", "b"}
+
+
+def test_results_of_several_calls_make_one_user_turn_without_tool_syntax() -> None:
+    native, text = _rendered(CHATML, TWO_RESULTS)
+    assert not native
+    assert "Both cities.\n<tool_call>\n" in text
+    assert (
+        "<|im_start|>user\n<tool_response>\nSunny.\n</tool_response>\n"
+        "<tool_response>\nRain.\n</tool_response><|im_end|>"
+    ) in text
+
+
+def test_arguments_that_are_not_a_json_object_reach_a_hermes_template_as_sent() -> None:
+    history = json.loads(json.dumps(HISTORY))
+    history[2]["tool_calls"][0]["function"]["arguments"] = "[" * 5000
+    native, text = _rendered(HERMES_TEMPLATE, history)
+    assert native
+    assert '"arguments": "' + "[" * 5000 + '"}' in text  # a string, as the client sent it
+
+
+def test_a_template_that_refuses_tools_gets_the_generic_instruction() -> None:
+    refusing = "{% if tools %}{{ raise_exception('no tools here') }}{% endif %}" + CHATML
+    native, text = _rendered(refusing)
+    assert not native
+    assert "You can call functions" in text
+
+
+def test_under_auto_an_answer_follows_response_format(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "maxLength": 80}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    formats: list[Any] = [
+        {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
+        {"type": "json_object"},
+    ]
+    for response_format in formats:
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Say hello in JSON."}],
+            tools=TOOLS,
+            response_format=response_format,
+            seed=4,
+            max_tokens=120,
+        )
+        choice = reply.choices[0]
+        if choice.message.tool_calls:
+            continue  # its choice; the calls' shape is tested above
+        assert choice.finish_reason == "stop"
+        answer = json.loads(choice.message.content or "")
+        if response_format["type"] == "json_schema":
+            jsonschema.validate(answer, schema)
+        else:
+            assert isinstance(answer, dict)
+
+
+def test_a_reply_that_ends_while_it_could_still_be_a_call_is_text(
+    client: openai.OpenAI,
+) -> None:
+    # "<" is where a call would begin: biased to it, one token long, the reply is just that.
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(bundled_chat_model_path()).encode(), params)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        tokens = (llama_cpp.llama_token * 8)()
+        count = llama_cpp.llama_tokenize(vocab, b"<", 1, tokens, 8, False, False)
+    finally:
+        llama_cpp.llama_model_free(model)
+    assert count == 1
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=TOOLS,
+        logit_bias={str(tokens[0]): 100},
+        max_tokens=1,
+    )
+    choice = reply.choices[0]
+    assert choice.message.content == "<"
+    assert choice.message.tool_calls is None
+    assert choice.finish_reason == "length"
+
+
+def test_tools_whose_schemas_pass_a_mebibyte_together_are_refused(server: LiveServer) -> None:
+    big = {"type": "object", "properties": {"x": {"enum": ["v" * 1000] * 100}}}
+    body = {
+        "model": MODEL,
+        "messages": ASK,
+        "tools": [_tool(f"t{i}", big) for i in range(12)],
+    }
+    answer = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "tools"
+    assert "larger than" in error["message"]

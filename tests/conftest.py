@@ -106,6 +106,13 @@ def start_server(models_file: Path, data_dir: Path, tmp_path: Path) -> Iterator[
         server.__exit__(None, None, None)
 
 
+#: A ``logit_bias`` under which the bundled Gemma never ends an answer before its limit: end
+#: of text (1), end of turn (106), "</s>" (212, which llama.cpp also ends on) and every token
+#: that holds a newline (107 to 137 are runs of one to 31 newlines, 248 another "\n"), where a
+#: transcript's stop strings begin. A sampled answer under it runs to ``max_tokens``.
+GEMMA_NEVER_STOP = {str(token): -100 for token in (1, 106, 212, *range(107, 138), 248)}
+
+
 #: Local models of the shared llama server, besides the bundled one: the same GGUF declared
 #: by path, as a user declares any GGUF file. ``tiny-slot``: one sequence and no queue (to see
 #: the overload answer), a small context (to exceed it), sampling without top-k or min-p, room

@@ -38,7 +38,7 @@ def _ask(client: openai.OpenAI, question: str) -> str:
         model="smollm2-135m",
         messages=[{"role": "user", "content": question}],
         temperature=0,
-        max_tokens=200,
+        max_tokens=400,
     )
     assert reply.choices[0].finish_reason == "stop"  # it ends its answer by itself
     return reply.choices[0].message.content or ""

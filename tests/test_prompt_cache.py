@@ -88,10 +88,12 @@ def _next_token(
     sdk: openai.OpenAI, model: str, messages: list[ChatCompletionMessageParam]
 ) -> ChatCompletion:
     """A few tokens with the five likeliest at each: a first token of white space alone is held
-    back (a transcript's reply starts after "Assistant:") and comes with the first text."""
+    back (a transcript's reply starts after "Assistant:") and comes with the first text.
+    Greedy, so that no sampled newline ends the reply before it has any."""
     return sdk.chat.completions.create(
         model=model,
         messages=messages,
+        temperature=0,
         max_tokens=4,
         logprobs=True,
         top_logprobs=5,

@@ -39,7 +39,11 @@ def test_a_local_model_answers_a_response(sdk: openai.OpenAI) -> None:
 def test_text_format_json_schema_is_followed(sdk: openai.OpenAI) -> None:
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        # Bounded, so that the longest answer the schema allows fits in max_output_tokens.
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        },
         "required": ["name", "age"],
         "additionalProperties": False,
     }
@@ -52,6 +56,7 @@ def test_text_format_json_schema_is_followed(sdk: openai.OpenAI) -> None:
         temperature=0,
     )
 
+    assert response.status == "completed"
     jsonschema.validate(json.loads(response.output_text), schema)
     assert response.text is not None
     assert response.text.format is not None

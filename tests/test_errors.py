@@ -121,6 +121,94 @@ def test_tool_choice_without_tools_is_refused(client: openai.OpenAI) -> None:
     assert caught.value.param == "tool_choice"
 
 
+def _calls(*ids: str) -> dict[str, Any]:
+    """An assistant message that called ``get_weather`` once per id."""
+    calls = [
+        {"id": i, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+        for i in ids
+    ]
+    return {"role": "assistant", "content": None, "tool_calls": calls}
+
+
+def _result(call_id: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": "Sunny."}
+
+
+ASKED = {"role": "user", "content": "Weather in Paris and Lyon?"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "says"),
+    [
+        # A result nobody asked for: first, or after a turn that made no call.
+        ([_result("call_1")], "messages[0].role", "must be a response to a preceding"),
+        (
+            [ASKED, {"role": "assistant", "content": "Let me see."}, _result("call_1")],
+            "messages[2].role",
+            "must be a response to a preceding",
+        ),
+        # A result for a call the assistant message before it did not make.
+        (
+            [ASKED, _calls("call_1"), _result("call_2")],
+            "messages[2].tool_call_id",
+            "'call_2' not found in 'tool_calls'",
+        ),
+        # An answered call's result again after the conversation went on.
+        (
+            [ASKED, _calls("call_1"), _result("call_1"), ASKED, _result("call_1")],
+            "messages[4].role",
+            "must be a response to a preceding",
+        ),
+        # Calls left without results: before another message, or at the end.
+        (
+            [ASKED, _calls("call_1", "call_2"), _result("call_2"), ASKED],
+            "messages[1].role",
+            "did not have response messages: call_1",
+        ),
+        (
+            [ASKED, _calls("call_1", "call_2")],
+            "messages[1].role",
+            "did not have response messages: call_1, call_2",
+        ),
+    ],
+)
+def test_tool_results_must_answer_the_calls_before_them(
+    server: LiveServer, messages: list[dict[str, Any]], param: str, says: str
+) -> None:
+    response = _post(server, json={"model": "echo", "messages": messages})
+
+    assert response.status_code == 400
+    error = _error(response)
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert says in error["message"]
+
+
+def test_thousands_of_unanswered_calls_are_listed_by_the_first_twenty(server: LiveServer) -> None:
+    ids = [f"call_{n}" for n in range(5000)]
+    response = _post(server, json={"model": "echo", "messages": [ASKED, _calls(*ids)]})
+
+    assert response.status_code == 400
+    message = _error(response)["message"]
+    assert message.endswith("call_18, call_19 and 4980 more")
+    assert len(message) < 500
+
+
+def test_results_of_parallel_calls_come_in_any_order(client: openai.OpenAI) -> None:
+    messages: Any = [
+        ASKED,
+        _calls("call_1", "call_2"),
+        _result("call_2"),
+        _result("call_1"),
+        {"role": "assistant", "content": "Sunny in both."},
+        ASKED,
+        _calls("call_3"),
+        _result("call_3"),
+    ]
+    answer = client.chat.completions.create(model="echo", messages=messages)
+
+    assert answer.choices[0].finish_reason == "stop"
+
+
 def test_top_logprobs_needs_logprobs(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="echo", messages=HELLO, top_logprobs=2)

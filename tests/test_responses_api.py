@@ -924,6 +924,18 @@ FUNCTION = {"type": "function", "name": "get_weather", "parameters": {"type": "o
             id="function-call-without-call-id",
         ),
         pytest.param(
+            {
+                "model": "echo",
+                "input": [
+                    {"type": "function_call_output", "call_id": "call_none", "output": "21 C"},
+                ],
+            },
+            400,
+            "input",
+            "invalid_value",
+            id="function-call-output-without-its-call",
+        ),
+        pytest.param(
             {"model": "echo", "input": "hi", "conversation": "conv_unknown"},
             404,
             "conversation",
@@ -950,6 +962,37 @@ def test_a_request_the_server_cannot_serve_is_refused_in_openais_envelope(
     assert error["param"] == param
     assert error["code"] == code
     assert error["message"]
+
+
+def test_an_output_answers_a_call_of_the_response_it_continues(stored: openai.OpenAI) -> None:
+    call: ResponseInputItemParam = {
+        "type": "function_call",
+        "call_id": "call_weather",
+        "name": "get_weather",
+        "arguments": "{}",
+    }
+    first = stored.responses.create(model="echo", input=[_user("Weather?"), call])
+    answered = stored.responses.create(
+        model="echo",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": "call_weather", "output": "21 C"}],
+    )
+    # A call nobody answered does not stop a conversation: the next turn is read.
+    left = stored.responses.create(
+        model="echo", previous_response_id=first.id, input="Never mind, thanks."
+    )
+
+    assert answered.status == "completed"
+    assert left.output_text == "Never mind, thanks."
+    with pytest.raises(openai.BadRequestError) as caught:
+        stored.responses.create(
+            model="echo",
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": "call_other", "output": "21 C"}],
+        )
+    assert _error(caught)["message"] == (
+        "No tool call found for function call output with call_id call_other."
+    )
 
 
 @pytest.mark.parametrize(

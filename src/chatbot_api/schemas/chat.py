@@ -53,7 +53,13 @@ class ChatCompletionRequest(BaseModel):
         },
     )
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(
+        min_length=1,
+        description=(
+            "The conversation. As on OpenAI, each `tool` message answers a call of the "
+            "assistant message before it, and every call is answered before any other message."
+        ),
+    )
     model: str = Field(min_length=1, examples=["echo"])
 
     # Sampling and length: every provider honours these.

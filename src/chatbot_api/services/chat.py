@@ -42,7 +42,11 @@ from chatbot_api.schemas.messages import ChatMessage
 from chatbot_api.security.auth import Principal
 from chatbot_api.services.assembly import Assembly, wire_logprobs
 from chatbot_api.services.fanout import fan_out
-from chatbot_api.services.requests import build_generation_request, check_supported
+from chatbot_api.services.requests import (
+    build_generation_request,
+    check_supported,
+    check_tool_turns,
+)
 from chatbot_api.store.completions import CompletionStore
 from chatbot_api.store.writer import CompletionRecord, QueuePlace
 
@@ -158,17 +162,23 @@ class ChatService:
         *,
         request_id: str | None = None,
         raw: bytes | None = None,
+        tool_turns: bool = True,
     ) -> PreparedChat:
         """Everything that can fail before a response starts fails here, as a proper status.
 
         ``raw`` is the request's body as it came, which a relaying provider forwards (the
-        fields no model of ours reads included: an upstream may read them).
+        fields no model of ours reads included: an upstream may read them). ``tool_turns``:
+        hold the messages to OpenAI's rule for tool results (``check_tool_turns``); the
+        Responses API, whose stored context may hold a call nobody answered, checks its
+        items its own way.
         """
         if not principal.may_use(request.model):
             raise ModelNotFoundError(request.model, param="model")
         model = self._registry.get(request.model, param="model")
         supported = model.provider.supported_parameters
         check_supported(request, model.spec.id, supported)
+        if tool_turns:
+            check_tool_turns(request.messages)
         n = request.n or 1
         most = getattr(model.provider, "max_choices", None)
         if most is not None and n > most:

@@ -5,6 +5,8 @@ Parameters a provider cannot honour are refused with a 400 naming them, never dr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from chatbot_api.errors import InvalidRequestError, UnsupportedParameterError
 from chatbot_api.providers.base import GenerationRequest, PromptMessage, PromptToolCall
 from chatbot_api.schemas.chat import ChatCompletionRequest
@@ -16,7 +18,12 @@ from chatbot_api.schemas.messages import (
     message_text,
 )
 
-__all__ = ["build_generation_request", "check_supported", "requested_parameters"]
+__all__ = [
+    "build_generation_request",
+    "check_supported",
+    "check_tool_turns",
+    "requested_parameters",
+]
 
 
 def requested_parameters(request: ChatCompletionRequest) -> list[str]:
@@ -80,6 +87,55 @@ def check_supported(
                     f"type '{part.type}'.",
                     param=f"messages[{i}].content[{j}]",
                 )
+
+
+#: How many unanswered calls an error lists by id: a request may leave thousands.
+_LISTED_IDS = 20
+
+
+def check_tool_turns(messages: Sequence[ChatMessage]) -> None:
+    """OpenAI's rule for a conversation with tool calls: each ``tool`` message answers a call
+    of the assistant message just before it (or of the results' run that follows it), and no
+    other message comes before every call has its answer."""
+    unanswered: dict[str, None] = {}  # the open calls, in their order
+    asked: frozenset[str] | None = None  # the calls the current run of results may answer
+    opened = 0  # the assistant message that made them
+    for i, message in enumerate(messages):
+        if isinstance(message, ToolMessage):
+            if asked is None:
+                raise InvalidRequestError(
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceding message with 'tool_calls'.",
+                    param=f"messages[{i}].role",
+                    code="invalid_value",
+                )
+            if message.tool_call_id not in asked:
+                raise InvalidRequestError(
+                    f"Invalid parameter: 'tool_call_id' of {message.tool_call_id!r} not found "
+                    "in 'tool_calls' of previous message.",
+                    param=f"messages[{i}].tool_call_id",
+                    code="invalid_value",
+                )
+            unanswered.pop(message.tool_call_id, None)
+            continue
+        if unanswered:
+            break
+        asked = None
+        if isinstance(message, AssistantMessage) and message.tool_calls:
+            unanswered = dict.fromkeys(call.id for call in message.tool_calls)
+            asked, opened = frozenset(unanswered), i
+    if unanswered:
+        missing = list(unanswered)
+        listed = ", ".join(missing[:_LISTED_IDS])
+        if len(missing) > _LISTED_IDS:
+            listed += f" and {len(missing) - _LISTED_IDS} more"
+        raise InvalidRequestError(
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+            f"response messages: {listed}",
+            param=f"messages[{opened}].role",
+            code="invalid_value",
+        )
 
 
 def build_generation_request(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from chatbot_api.errors import InvalidRequestError
 from chatbot_api.ids import new_id, renamed
 from chatbot_api.schemas.responses import (
     AssistantInputMessage,
@@ -25,7 +26,7 @@ from chatbot_api.schemas.responses import (
     RefusalPart,
 )
 
-__all__ = ["context_messages", "stored_items"]
+__all__ = ["check_function_outputs", "context_messages", "stored_items"]
 
 Item = dict[str, Any]
 
@@ -138,6 +139,27 @@ def _chat_content(parts: str | list[dict[str, Any]]) -> str | list[dict[str, Any
                 {"type": "file", "file": {k: v for k, v in part.items() if k != "type"}}
             )
     return chat_parts
+
+
+def check_function_outputs(context: Iterable[Item], input_items: Iterable[Item]) -> None:
+    """OpenAI's rule: each ``function_call_output`` of this turn's input answers a function
+    call before it, in the stored context or in the input. (A call left without an output is
+    not refused: a stored conversation may hold one, and refusing it would refuse every turn
+    after it.)"""
+    calls: set[str] = set()
+    for item in context:
+        if item.get("type") == "function_call":
+            calls.add(item["call_id"])
+    for item in input_items:
+        kind = item.get("type")
+        if kind == "function_call":
+            calls.add(item["call_id"])
+        elif kind == "function_call_output" and item["call_id"] not in calls:
+            raise InvalidRequestError(
+                f"No tool call found for function call output with call_id {item['call_id']}.",
+                param="input",
+                code="invalid_value",
+            )
 
 
 def context_messages(instructions: str | None, items: Iterable[Item]) -> list[dict[str, Any]]:

@@ -40,7 +40,11 @@ from chatbot_api.schemas.responses import (
 from chatbot_api.security.auth import Principal
 from chatbot_api.services.chat import ChatService, ChatStream, PreparedChat
 from chatbot_api.services.response_events import Event, ResponseBuilder
-from chatbot_api.services.response_items import context_messages, stored_items
+from chatbot_api.services.response_items import (
+    check_function_outputs,
+    context_messages,
+    stored_items,
+)
 from chatbot_api.store.conversations import ConversationStore
 from chatbot_api.store.responses import ResponseRecord, ResponseStore
 
@@ -152,6 +156,7 @@ class ResponseService:
         _check(request, store)
         chat_fields, tools = _chat_fields(request)
         input_items, context = await self._context(request, principal)
+        check_function_outputs(context, input_items)
         messages = context_messages(request.instructions, [*context, *input_items])
         if not messages:
             raise InvalidRequestError(
@@ -169,7 +174,9 @@ class ResponseService:
                 f"Invalid input: {problem['msg']}.", param="input", code="invalid_value"
             ) from None
         try:
-            chat = self._chat.prepare(chat_request, principal, request_id=request_id)
+            chat = self._chat.prepare(
+                chat_request, principal, request_id=request_id, tool_turns=False
+            )
         except ChatbotAPIError as exc:
             raise _renamed(exc) from None
         response_id = new_id("resp")
@@ -335,7 +342,9 @@ class ResponseService:
                 ).messages
             }
         )
-        return self._chat.prepare(request, prepared.principal, request_id=prepared.request_id)
+        return self._chat.prepare(
+            request, prepared.principal, request_id=prepared.request_id, tool_turns=False
+        )
 
     async def complete(self, prepared: PreparedResponse) -> ResponseBuilder:
         """Generate the whole response, then store it (before the client has it)."""

@@ -159,6 +159,12 @@ ASKED = {"role": "user", "content": "Weather in Paris and Lyon?"}
             "messages[4].role",
             "must be a response to a preceding",
         ),
+        # A call answered twice.
+        (
+            [ASKED, _calls("call_1", "call_2"), _result("call_1"), _result("call_1")],
+            "messages[3].tool_call_id",
+            "Duplicate value for 'tool_call_id' of 'call_1' in messages[2] and messages[3]",
+        ),
         # Calls left without results: before another message, or at the end.
         (
             [ASKED, _calls("call_1", "call_2"), _result("call_2"), ASKED],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -39,6 +40,37 @@ def test_a_context_larger_than_a_turn_may_read_is_refused_or_truncated(
     assert fitted.usage is not None
     # A turn's two items hold about 2,700 characters: the last two turns fit, the first not.
     assert fitted.usage.input_tokens == 2 * (200 + 200) + 1
+
+
+def test_results_whose_calls_truncation_left_out_are_still_taken(
+    start_server: ServerFactory, sdk: SdkFactory
+) -> None:
+    client = sdk(start_server(max_context_chars=6000), "sk-anything")
+    long_call: Any = {
+        "type": "function_call",
+        "call_id": "call_long",
+        "name": "note",
+        "arguments": '{"text": "' + "x" * 7000 + '"}',
+    }
+    short_call: Any = {**long_call, "call_id": "call_short", "arguments": "{}"}
+    first = client.responses.create(
+        model="echo", input=[{"role": "user", "content": "Note it."}, long_call, short_call]
+    )
+    results: Any = [
+        {"type": "function_call_output", "call_id": "call_long", "output": "noted"},
+        {"type": "function_call_output", "call_id": "call_short", "output": "noted"},
+        {"role": "user", "content": "Thanks."},
+    ]
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="echo", input=results, previous_response_id=first.id)
+    fitted = client.responses.create(
+        model="echo", input=results, previous_response_id=first.id, truncation="auto"
+    )
+
+    assert refused.value.code == "context_length_exceeded"
+    assert fitted.status == "completed"
+    assert fitted.output_text == "Thanks."
 
 
 def test_a_conversation_larger_than_a_turn_may_read_is_refused(

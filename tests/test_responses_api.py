@@ -936,6 +936,16 @@ FUNCTION = {"type": "function", "name": "get_weather", "parameters": {"type": "o
             id="function-call-output-without-its-call",
         ),
         pytest.param(
+            {
+                "model": "echo",
+                "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": ""}],
+            },
+            400,
+            "input",
+            "invalid_value",
+            id="nothing-but-a-call-without-its-output",
+        ),
+        pytest.param(
             {"model": "echo", "input": "hi", "conversation": "conv_unknown"},
             404,
             "conversation",

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -129,6 +130,49 @@ def test_a_stream_keeps_our_framing(front: LiveServer) -> None:
     assert texts == {0: "one two three", 1: "one two three"}
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def _call(call_id: str) -> Any:
+    return {"type": "function_call", "call_id": call_id, "name": "get_weather", "arguments": "{}"}
+
+
+def _output(call_id: str) -> Any:
+    return {"type": "function_call_output", "call_id": call_id, "output": "Sunny."}
+
+
+def _user(text: str) -> Any:
+    return {"role": "user", "content": text}
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        # Calls with hidden reasoning between them, answered in reverse order.
+        [
+            _user("Paris and Lyon?"),
+            _call("call_a"),
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            _call("call_b"),
+            _output("call_b"),
+            _output("call_a"),
+            _user("Thanks."),
+        ],
+        # A call nobody answered.
+        [_user("Paris?"), _call("call_a"), _user("Never mind.")],
+        # A result given after another message.
+        [_user("Paris?"), _call("call_a"), _user("Well?"), _output("call_a"), _user("Thanks.")],
+    ],
+    ids=["reasoning-between-calls", "unanswered-call", "result-after-a-message"],
+)
+def test_response_items_reach_an_upstream_as_openai_takes_tool_results(
+    front: LiveServer, sdk: SdkFactory, items: list[Any]
+) -> None:
+    """The upstream, our own server, holds chat messages to OpenAI's rule for tool results,
+    as OpenAI does: the items must become messages it takes."""
+    answer = sdk(front, "sk-anything").responses.create(model="proxied", input=items)
+
+    assert answer.status == "completed"
+    assert answer.output_text == items[-1]["content"]
 
 
 def test_streamed_tool_calls_keep_their_index_and_id(front: LiveServer, sdk: SdkFactory) -> None:

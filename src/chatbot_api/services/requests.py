@@ -95,13 +95,14 @@ _LISTED_IDS = 20
 
 def check_tool_turns(messages: Sequence[ChatMessage]) -> None:
     """OpenAI's rule for a conversation with tool calls: each ``tool`` message answers a call
-    of the assistant message just before it (or of the results' run that follows it), and no
-    other message comes before every call has its answer."""
-    unanswered: dict[str, None] = {}  # the open calls, in their order
-    asked: frozenset[str] | None = None  # the calls the current run of results may answer
+    of the assistant message just before it (or of the results' run that follows it), once,
+    and no other message comes before every call has its answer."""
+    asked: dict[str, None] | None = None  # the calls the current run of results may answer
+    answered: dict[str, int] = {}  # ...and the message that answered each
     opened = 0  # the assistant message that made them
     for i, message in enumerate(messages):
         if isinstance(message, ToolMessage):
+            call_id = message.tool_call_id
             if asked is None:
                 raise InvalidRequestError(
                     "Invalid parameter: messages with role 'tool' must be a response to a "
@@ -109,23 +110,29 @@ def check_tool_turns(messages: Sequence[ChatMessage]) -> None:
                     param=f"messages[{i}].role",
                     code="invalid_value",
                 )
-            if message.tool_call_id not in asked:
+            if call_id not in asked:
                 raise InvalidRequestError(
-                    f"Invalid parameter: 'tool_call_id' of {message.tool_call_id!r} not found "
-                    "in 'tool_calls' of previous message.",
+                    f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
+                    "'tool_calls' of previous message.",
                     param=f"messages[{i}].tool_call_id",
                     code="invalid_value",
                 )
-            unanswered.pop(message.tool_call_id, None)
+            if call_id in answered:
+                raise InvalidRequestError(
+                    f"Invalid parameter: Duplicate value for 'tool_call_id' of '{call_id}' in "
+                    f"messages[{answered[call_id]}] and messages[{i}].",
+                    param=f"messages[{i}].tool_call_id",
+                    code="invalid_value",
+                )
+            answered[call_id] = i
             continue
-        if unanswered:
+        if asked is not None and len(answered) < len(asked):
             break
-        asked = None
+        asked, answered = None, {}
         if isinstance(message, AssistantMessage) and message.tool_calls:
-            unanswered = dict.fromkeys(call.id for call in message.tool_calls)
-            asked, opened = frozenset(unanswered), i
-    if unanswered:
-        missing = list(unanswered)
+            asked, opened = dict.fromkeys(call.id for call in message.tool_calls), i
+    if asked is not None and len(answered) < len(asked):
+        missing = [call_id for call_id in asked if call_id not in answered]
         listed = ", ".join(missing[:_LISTED_IDS])
         if len(missing) > _LISTED_IDS:
             listed += f" and {len(missing) - _LISTED_IDS} more"

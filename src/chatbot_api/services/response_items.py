@@ -3,11 +3,12 @@ stored and returned in (with ids and statuses), and a context of items as chat m
 
 A model reads a context as chat messages: a user, system or developer message as itself,
 earlier answers as assistant messages, consecutive function calls as one assistant message
-with ``tool_calls`` and each call's output as a ``tool`` message.
+with ``tool_calls`` followed by each call's output as a ``tool`` message.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -145,7 +146,7 @@ def check_function_outputs(context: Iterable[Item], input_items: Iterable[Item])
     """OpenAI's rule: each ``function_call_output`` of this turn's input answers a function
     call before it, in the stored context or in the input. (A call left without an output is
     not refused: a stored conversation may hold one, and refusing it would refuse every turn
-    after it.)"""
+    after it. The model is not shown it: ``context_messages``.)"""
     calls: set[str] = set()
     for item in context:
         if item.get("type") == "function_call":
@@ -163,31 +164,51 @@ def check_function_outputs(context: Iterable[Item], input_items: Iterable[Item])
 
 
 def context_messages(instructions: str | None, items: Iterable[Item]) -> list[dict[str, Any]]:
-    """The chat messages a model reads for ``instructions`` and a context of stored items."""
+    """The chat messages a model reads for ``instructions`` and a context of stored items.
+
+    They keep OpenAI's rule for tool results, which an upstream holds them to: each run of
+    calls is one assistant message followed at once by their results, in the calls' order. A
+    call nobody answered is left out (nothing awaits its result), and so is a result whose
+    call is not in the context (``truncation: auto`` may have dropped it).
+    """
+    items = list(items)
+    outputs: dict[str, deque[Item]] = defaultdict(deque)  # each call id's results, in order
+    for item in items:
+        if item.get("type") == "function_call_output":
+            outputs[item["call_id"]].append(item)
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "developer", "content": instructions})
-    calls: list[dict[str, Any]] | None = None
+    run: dict[str, dict[str, Any]] = {}  # the current run of calls by id
     for item in items:
         kind = item.get("type")
-        if kind == "function_call":
-            if calls is None:
-                calls = []
-                messages.append({"role": "assistant", "content": None, "tool_calls": calls})
-            calls.append(
-                {
-                    "id": item["call_id"],
-                    "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]},
-                }
-            )
+        # Reasoning items carry another model's hidden reasoning: nothing for ours to read.
+        if kind in ("reasoning", "function_call_output"):
             continue
-        calls = None
+        if kind == "function_call":
+            call_id = item["call_id"]
+            if outputs.get(call_id) and call_id not in run:
+                function = {"name": item["name"], "arguments": item["arguments"]}
+                run[call_id] = {"id": call_id, "type": "function", "function": function}
+            continue
+        _end_run(messages, run, outputs)
         if kind == "message":
             messages.append({"role": item["role"], "content": _chat_content(item["content"])})
-        elif kind == "function_call_output":
-            output = item["output"]
-            text = output if isinstance(output, str) else _chat_content(output)
-            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
-        # Reasoning items carry another model's hidden reasoning: nothing for ours to read.
+    _end_run(messages, run, outputs)
     return messages
+
+
+def _end_run(
+    messages: list[dict[str, Any]],
+    run: dict[str, dict[str, Any]],
+    outputs: dict[str, deque[Item]],
+) -> None:
+    """A run of calls as one assistant message, then each call's result; the run emptied."""
+    if not run:
+        return
+    messages.append({"role": "assistant", "content": None, "tool_calls": list(run.values())})
+    for call_id in run:
+        output = outputs[call_id].popleft()["output"]
+        text = output if isinstance(output, str) else _chat_content(output)
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+    run.clear()

@@ -155,14 +155,22 @@ class ResponseService:
         store = True if request.store is None else request.store
         _check(request, store)
         chat_fields, tools = _chat_fields(request)
-        input_items, context = await self._context(request, principal)
-        check_function_outputs(context, input_items)
+        input_items, context, truncated = await self._context(request, principal)
+        if not truncated:  # else a result's call may be among the items left out
+            check_function_outputs(context, input_items)
         messages = context_messages(request.instructions, [*context, *input_items])
-        if not messages:
+        if not messages and not (context or input_items):
             raise InvalidRequestError(
                 "Missing required parameter: 'input'.",
                 param="input",
                 code="missing_required_parameter",
+            )
+        if not messages:
+            raise InvalidRequestError(
+                "Invalid 'input': it holds nothing for the model to read (function calls "
+                "without their outputs, reasoning).",
+                param="input",
+                code="invalid_value",
             )
         try:
             chat_request = ChatCompletionRequest.model_validate(
@@ -227,8 +235,9 @@ class ResponseService:
 
     async def _context(
         self, request: CreateResponseRequest, principal: Principal
-    ) -> tuple[list[Item], list[Item]]:
-        """This turn's input items, and the stored items before them."""
+    ) -> tuple[list[Item], list[Item], bool]:
+        """This turn's input items, the stored items before them, and whether some of those
+        were left out (``truncation: auto``)."""
         raw = request.input
         if raw is None:
             given: list[Any] = []
@@ -258,7 +267,7 @@ class ResponseService:
                 if request.previous_response_id is not None
                 else "conversation",
             )
-        return input_items, context
+        return input_items, context, dropped > 0
 
     async def _items(self, owner: str, given: Sequence[Any], param: str) -> list[Item]:
         """Input items as stored, the ``item_reference`` entries among them looked up."""

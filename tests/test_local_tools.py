@@ -684,7 +684,10 @@ def test_a_round_trip_on_a_template_with_tools(client: openai.OpenAI) -> None:
     final = client.chat.completions.create(
         model=HERMES, messages=HISTORY, tools=TOOLS, tool_choice="none", max_tokens=30
     )
-    longer_result = {**HISTORY[-1], "content": "Sunny, 24 C, a light wind from the west all day."}
+    longer_result: Any = {
+        **HISTORY[-1],
+        "content": "Sunny, 24 C, a light wind from the west all day.",
+    }
     longer = client.chat.completions.create(
         model=HERMES,
         messages=[*HISTORY[:-1], longer_result],

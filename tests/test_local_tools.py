@@ -173,12 +173,16 @@ def _valid_calls(calls: list[Any] | None) -> list[tuple[str, dict[str, Any]]]:
     return checked
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize(
+    ("model", "seed"),
+    # SmolLM2's ChatML is given the tools by our instruction; the Hermes template by itself.
+    [*((MODEL, seed) for seed in range(12)), *((HERMES, seed) for seed in range(4))],
+)
 def test_a_required_call_is_a_known_function_with_valid_arguments(
-    client: openai.OpenAI, seed: int
+    client: openai.OpenAI, model: str, seed: int
 ) -> None:
     reply = client.chat.completions.create(
-        model=MODEL,
+        model=model,
         messages=ASK,
         tools=TOOLS,
         tool_choice="required",
@@ -661,23 +665,6 @@ def test_a_template_without_tools_gets_them_in_the_system_message() -> None:
     assert '"name": "book_table"' in system
     assert WRITTEN_CALL in text  # the earlier call, as the model would write it
     assert "<|im_start|>user\n<tool_response>\nSunny, 24 C.\n</tool_response>" in text
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_a_model_whose_template_has_tools_makes_valid_calls(
-    client: openai.OpenAI, seed: int
-) -> None:
-    reply = client.chat.completions.create(
-        model=HERMES,
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        seed=seed,
-    )
-    choice = reply.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    assert len(_valid_calls(choice.message.tool_calls)) == 1
 
 
 def test_a_round_trip_on_a_template_with_tools(client: openai.OpenAI) -> None:

@@ -162,23 +162,18 @@ class ChatService:
         *,
         request_id: str | None = None,
         raw: bytes | None = None,
-        tool_turns: bool = True,
     ) -> PreparedChat:
         """Everything that can fail before a response starts fails here, as a proper status.
 
         ``raw`` is the request's body as it came, which a relaying provider forwards (the
-        fields no model of ours reads included: an upstream may read them). ``tool_turns``:
-        hold the messages to OpenAI's rule for tool results (``check_tool_turns``); the
-        Responses API, whose stored context may hold a call nobody answered, checks its
-        items its own way.
+        fields no model of ours reads included: an upstream may read them).
         """
         if not principal.may_use(request.model):
             raise ModelNotFoundError(request.model, param="model")
         model = self._registry.get(request.model, param="model")
         supported = model.provider.supported_parameters
         check_supported(request, model.spec.id, supported)
-        if tool_turns:
-            check_tool_turns(request.messages)
+        check_tool_turns(request.messages)
         n = request.n or 1
         most = getattr(model.provider, "max_choices", None)
         if most is not None and n > most:

@@ -166,10 +166,11 @@ def check_function_outputs(context: Iterable[Item], input_items: Iterable[Item])
 def context_messages(instructions: str | None, items: Iterable[Item]) -> list[dict[str, Any]]:
     """The chat messages a model reads for ``instructions`` and a context of stored items.
 
-    They keep OpenAI's rule for tool results, which an upstream holds them to: each run of
-    calls is one assistant message followed at once by their results, in the calls' order. A
-    call nobody answered is left out (nothing awaits its result), and so is a result whose
-    call is not in the context (``truncation: auto`` may have dropped it).
+    They keep OpenAI's rule for tool results (``requests.check_tool_turns``, which the chat
+    service holds them to, as an upstream may): each run of calls is one assistant message
+    followed at once by their results, in the calls' order. A call nobody answered is left
+    out (nothing awaits its result), and so is a result whose call is not in the context
+    (``truncation: auto`` may have dropped it).
     """
     items = list(items)
     outputs: dict[str, deque[Item]] = defaultdict(deque)  # each call id's results, in order

@@ -182,9 +182,7 @@ class ResponseService:
                 f"Invalid input: {problem['msg']}.", param="input", code="invalid_value"
             ) from None
         try:
-            chat = self._chat.prepare(
-                chat_request, principal, request_id=request_id, tool_turns=False
-            )
+            chat = self._chat.prepare(chat_request, principal, request_id=request_id)
         except ChatbotAPIError as exc:
             raise _renamed(exc) from None
         response_id = new_id("resp")
@@ -351,9 +349,7 @@ class ResponseService:
                 ).messages
             }
         )
-        return self._chat.prepare(
-            request, prepared.principal, request_id=prepared.request_id, tool_turns=False
-        )
+        return self._chat.prepare(request, prepared.principal, request_id=prepared.request_id)
 
     async def complete(self, prepared: PreparedResponse) -> ResponseBuilder:
         """Generate the whole response, then store it (before the client has it)."""

@@ -233,7 +233,11 @@ def test_regenerate_replaces_the_last_reply_here_and_on_the_server(
 ) -> None:
     _open(page, served, "echo")
     _exchange(page, "say it twice")
+    # The old reply, marked: until it is gone and its successor has its stats, the
+    # regeneration is under way (its stats already read "out tokens").
+    page.locator(".message.assistant").last.evaluate("reply => { reply.dataset.old = 'yes'; }")
     page.get_by_role("button", name="Regenerate").click()
+    expect(page.locator(".message.assistant[data-old]")).to_have_count(0)
     expect(page.locator(".message.assistant .stats").last).to_contain_text("out tokens")
     expect(page.locator(".message.user .body")).to_have_text(["say it twice"])
     expect(page.locator(".message.assistant .body")).to_have_text(["say it twice"])
